@@ -1,0 +1,125 @@
+"""Command line: `lth-checks run|recipes|show|...`. Every error of the library becomes one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from . import __version__
+from .config import IMPConfig, canonical_json, override, to_dict
+from .errors import LthError
+from .imp import Experiment, LevelResult
+from .recipes import RECIPES, get_recipe, recipe_config
+from .store import Store
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def add_experiment_options(p: argparse.ArgumentParser) -> None:
+    """Options that pick an IMP lineage; shared by every subcommand that works on one."""
+    p.add_argument("recipe", help=f"recipe name ({', '.join(RECIPES)})")
+    p.add_argument("--levels", type=int, help="last pruning level to run (level 0 is dense)")
+    p.add_argument("--rewind", type=int, help="rewind iteration k (0 = rewind to initialisation)")
+    p.add_argument("--seed", type=int, help="replicate seed (initialisation and data order)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting, e.g. --set train.lr=0.05 --set prune.strategy=random_global")
+    p.add_argument("--data-root", help="folder with mnist/ and cifar-10-batches-py/ (or $LTH_CHECKS_DATA_ROOT)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
+    p.add_argument("--cache-dir", help="experiment cache (default $LTH_CHECKS_CACHE_DIR or ./.lth-cache)")
+
+
+def config_from_args(args: argparse.Namespace) -> IMPConfig:
+    cfg = recipe_config(args.recipe, levels=args.levels, rewind_iteration=args.rewind, seed=args.seed)
+    return override(cfg, args.set) if args.set else cfg
+
+
+def experiment_from_args(args: argparse.Namespace, progress: bool = True) -> Experiment:
+    return Experiment(config_from_args(args), store=Store(args.cache_dir), device=args.device,
+                      data_root=args.data_root, progress=progress, log=_log)
+
+
+def format_table(results: Sequence[LevelResult]) -> str:
+    lines = [f"{'level':>5} {'alive':>9} {'test err %':>10} {'train err %':>11} {'time s':>8}"]
+    for r in results:
+        lines.append(f"{r.level:>5} {100 * r.density:>8.2f}% {100 * r.test_error:>10.2f} "
+                     f"{100 * r.train_error:>11.2f} {r.wall_time_s:>8.1f}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    exp = experiment_from_args(args)
+    cfg = exp.config
+    _log(f"recipe {cfg.recipe} {get_recipe(args.recipe).source}: key {exp.key}, rewind {cfg.rewind_iteration}, "
+         f"seed {cfg.seed}, {cfg.levels} levels, device {exp.device}, cache {exp.entry.path}")
+    started = time.perf_counter()
+    results = exp.run()
+    print(format_table(results))
+    _log(f"done in {time.perf_counter() - started:.1f} s (levels already in the cache are not retrained)")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    for r in RECIPES.values():
+        if args.verbose:
+            print(f"{r.name} {r.source}: {r.description}")
+            print(json.dumps(to_dict(r.config), indent=2))
+        else:
+            print(f"{r.name:<18} {r.source:<10} {r.description}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    exp = experiment_from_args(args, progress=False)
+    done = exp.finished_levels()
+    print(f"{exp.config.recipe}: key {exp.key} at {exp.entry.path}")
+    print(canonical_json(exp.config.key_dict()))
+    if done == 0:
+        print("no finished levels in the cache; `lth-checks run` with the same options trains them")
+        return 1
+    print(format_table([exp.result(level) for level in range(done)]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lth-checks", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lth-checks {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run (or resume) IMP for a recipe and print the level table")
+    add_experiment_options(p)
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("recipes", help="list the named recipes")
+    p.add_argument("-v", "--verbose", action="store_true", help="print each configuration too")
+    p.set_defaults(func=cmd_recipes)
+    p = sub.add_parser("show", help="print a cached experiment without training")
+    add_experiment_options(p)
+    p.set_defaults(func=cmd_show)
+    for register in _EXTENSIONS:
+        register(sub)
+    return parser
+
+
+# Later layers (measurements, reports, benchmarks) add subcommands here without the CLI importing
+# them at start-up.
+_EXTENSIONS: list = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LthError as e:
+        print(f"lth-checks: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lth-checks: interrupted; finished levels and the last checkpoint are kept, "
+              "run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The IMP runner: iterative magnitude pruning with weight rewinding, cached and resumable.
+
+Protocol (CLAIMS.md): train the dense network from w_0 to the rewind iteration k and keep w_k;
+then for L = 0, 1, ...: train m_L * w_k from k to T with m_L held, giving w_L; prune a fraction p
+of the alive weights of w_L to get m_{L+1}. Each finished level is committed to the cache
+(its metrics file is written last and marks it done); a level in progress checkpoints
+periodically, so an interrupted run resumes where it stopped and gives identical numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import cached_property
+
+import torch
+
+from .config import IMPConfig
+from .data import Dataset, Split, load_dataset
+from .models import PrunableModel, build_model
+from .pruning import Mask, alive_count, apply_mask, dense_mask, prune_model, total_count
+from .store import Entry, Store
+from .training import Checkpoint, derive_seed, evaluate, train
+
+DEFAULT_CHECKPOINT_EVERY = 1000
+EVAL_SUBSET_SEED = 0  # the fixed training subset for evaluation is the same for every replicate
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """'auto' or None picks CUDA when present; anything else is passed to torch.device."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    """What a finished level reports (also its `levelNN_metrics.json` in the cache)."""
+
+    level: int
+    alive: int
+    total: int
+    density: float
+    test_error: float
+    test_loss: float
+    train_error: float
+    train_loss: float
+    wall_time_s: float
+    device: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def state_to_tensors(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    out = {f"model/{k}": v for k, v in ckpt.model_state.items()}
+    out.update({f"momentum/{k}": v for k, v in ckpt.momentum.items()})
+    return out
+
+
+def tensors_to_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Checkpoint:
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return Checkpoint(int(meta["iteration"]), part("model/"), part("momentum/"))
+
+
+class Experiment:
+    """One IMP lineage (an `IMPConfig`) in the cache, trained on demand."""
+
+    kind = "imp"
+
+    def __init__(self, config: IMPConfig, *, store: Store | None = None, device: str | torch.device | None = None,
+                 data_root: str | os.PathLike | None = None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+                 progress: bool = False, log: Callable[[str], None] | None = None):
+        self.config = config
+        self.store = store or Store()
+        self.device = resolve_device(device)
+        self.data_root = data_root
+        self.checkpoint_every = checkpoint_every
+        self.progress = progress
+        self.log = log or (lambda msg: None)
+        self.entry: Entry = self.store.entry(self.kind, config.key_dict())
+
+    @property
+    def key(self) -> str:
+        return self.entry.key
+
+    # ------------------------------------------------------------------ data and models
+    @cached_property
+    def dataset(self) -> Dataset:
+        return load_dataset(self.config.data.dataset, self.data_root, self.device)
+
+    @cached_property
+    def eval_train(self) -> Split:
+        """Fixed, unaugmented training subset for train error/loss and BN re-estimation."""
+        return self.dataset.train.subset(self.config.data.eval_train_examples, seed=EVAL_SUBSET_SEED)
+
+    def build_model(self) -> PrunableModel:
+        """A freshly initialised model of this lineage (the same w_0 every time)."""
+        ds = self.dataset
+        model = build_model(self.config.model, ds.input_shape, ds.num_classes,
+                            seed=derive_seed("init", self.config.seed))
+        return model.to(self.device)
+
+    def model_with(self, state: dict[str, torch.Tensor], mask: Mask | None = None) -> PrunableModel:
+        model = self.build_model()
+        model.load_state_dict(state)
+        if mask is not None:
+            apply_mask(model, mask)
+        return model
+
+    # ------------------------------------------------------------------ stored states
+    def initial_state(self) -> dict[str, torch.Tensor]:
+        if not self.entry.has_tensors("init"):
+            with self.entry.lock():
+                if not self.entry.has_tensors("init"):
+                    self.entry.write_tensors("init", self.build_model().state_dict())
+        return self.entry.read_tensors("init", self.device)[0]
+
+    def rewind_state(self) -> dict[str, torch.Tensor]:
+        """w_k: the dense network after `rewind_iteration` iterations (w_0 when k = 0)."""
+        if self.config.rewind_iteration == 0:
+            return self.initial_state()
+        if not self.entry.has_tensors("rewind"):
+            with self.entry.lock():
+                if not self.entry.has_tensors("rewind"):
+                    self._pretrain()
+        return self.entry.read_tensors("rewind", self.device)[0]
+
+    def _pretrain(self) -> None:
+        cfg, k = self.config, self.config.rewind_iteration
+        model = self.model_with(self.initial_state())
+        self.log(f"pretraining dense network to rewind iteration {k}")
+        self._train_segment(model, dense_mask(model), "pretrain", 0, k, "pretraining")
+        self.entry.write_tensors("rewind", model.state_dict(), {"iteration": str(k)})
+        self.entry.delete("pretrain_checkpoint")
+
+    def _train_segment(self, model: PrunableModel, mask: Mask, name: str, start: int, end: int, label: str) -> None:
+        """Train with periodic checkpoints under `<name>_checkpoint`, resuming from one if present."""
+        ckpt_name = f"{name}_checkpoint"
+        resume = None
+        if self.entry.has_tensors(ckpt_name):
+            resume = tensors_to_checkpoint(*self.entry.read_tensors(ckpt_name, self.device))
+            self.log(f"{label}: resuming from checkpoint at iteration {resume.iteration}")
+        bar = _progress_bar(self.progress, end - start, label, resume.iteration - start if resume else 0)
+
+        def on_progress(done: int) -> None:
+            bar.n = done - start
+            bar.refresh()
+
+        def on_checkpoint(ckpt: Checkpoint) -> None:
+            self.entry.write_tensors(ckpt_name, state_to_tensors(ckpt), {"iteration": str(ckpt.iteration)})
+
+        try:
+            train(model, mask, self.dataset.train, self.config.train, start=start, end=end,
+                  data_seed=self.config.seed, augment=self.config.data.augment, resume=resume,
+                  checkpoint_every=self.checkpoint_every, on_checkpoint=on_checkpoint,
+                  on_progress=on_progress, label=f"{self.config.recipe} {label}")
+        finally:
+            bar.close()
+
+    # ------------------------------------------------------------------ levels
+    @staticmethod
+    def _name(level: int, what: str) -> str:
+        return f"level{level:02d}_{what}"
+
+    def is_done(self, level: int) -> bool:
+        return self.entry.has_json(self._name(level, "metrics.json"))
+
+    def finished_levels(self) -> int:
+        """Number of consecutive finished levels starting at 0."""
+        n = 0
+        while self.is_done(n):
+            n += 1
+        return n
+
+    def result(self, level: int) -> LevelResult:
+        return LevelResult(**self.entry.read_json(self._name(level, "metrics.json")))
+
+    def mask(self, level: int) -> Mask:
+        """m_L: dense at level 0; otherwise pruned from the level-(L-1) solution (and stored)."""
+        if level == 0:
+            return dense_mask(self.build_model())
+        name = self._name(level, "mask")
+        if not self.entry.has_tensors(name):
+            previous = self.model_with(self.solution(level - 1))
+            new_mask = prune_model(previous, self.mask(level - 1), self.config.prune,
+                                   seed=derive_seed("prune", self.config.seed, level))
+            self.entry.write_tensors(name, new_mask)
+        return self.entry.read_tensors(name, self.device)[0]
+
+    def solution(self, level: int) -> dict[str, torch.Tensor]:
+        """w_L: the full state (weights and BN buffers) at the end of level L's training."""
+        if not self.is_done(level):
+            self.run(level)
+        return self.entry.read_tensors(self._name(level, "final"), self.device)[0]
+
+    def solution_model(self, level: int) -> PrunableModel:
+        return self.model_with(self.solution(level))
+
+    def pruned_rewind_model(self, level: int) -> PrunableModel:
+        """m_L * w_k, the starting point of level L."""
+        return self.model_with(self.rewind_state(), self.mask(level))
+
+    def evaluate_model(self, model: PrunableModel) -> dict[str, float]:
+        test = evaluate(model, self.dataset.test, precision=self.config.train.precision)
+        tr = evaluate(model, self.eval_train, precision=self.config.train.precision)
+        return {"test_error": test.error, "test_loss": test.loss, "train_error": tr.error, "train_loss": tr.loss}
+
+    def _train_level(self, level: int) -> LevelResult:
+        cfg = self.config
+        started = time.perf_counter()
+        mask = self.mask(level)
+        model = self.model_with(self.rewind_state(), mask)
+        self._train_segment(model, mask, self._name(level, "train"), cfg.rewind_iteration,
+                            cfg.train.iterations, f"level {level}")
+        result = LevelResult(level=level, alive=alive_count(mask), total=total_count(mask),
+                             density=alive_count(mask) / total_count(mask), **self.evaluate_model(model),
+                             wall_time_s=round(time.perf_counter() - started, 3), device=str(self.device))
+        self.entry.write_tensors(self._name(level, "final"), model.state_dict())
+        self.entry.write_json(self._name(level, "metrics.json"), result.to_dict())  # commit marker: last
+        self.entry.delete(self._name(level, "train_checkpoint"))
+        return result
+
+    def run(self, levels: int | None = None) -> list[LevelResult]:
+        """Make sure levels 0..`levels` (default: the config's) are finished; return their results."""
+        last = self.config.levels if levels is None else levels
+        if self.finished_levels() <= last:
+            with self.entry.lock():
+                self.entry.ensure()
+                for level in range(last + 1):
+                    if not self.is_done(level):
+                        res = self._train_level(level)
+                        self.log(f"level {level}: density {res.density:.4f}  test error {100 * res.test_error:.2f}%")
+        return [self.result(level) for level in range(last + 1)]
+
+
+def _progress_bar(enabled: bool, total: int, desc: str, initial: int):
+    import sys
+
+    from tqdm.auto import tqdm
+
+    # Only on a terminal: in logs and CI a redrawn bar is noise.
+    show = enabled and sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=desc, unit="it", disable=not show, leave=False,
+                dynamic_ncols=True)
