@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .config import IMPConfig, canonical_json, override, to_dict
+from .errors import ConfigError
 from .errors import LthError
 from .imp import Experiment, LevelResult
 from .recipes import RECIPES, get_recipe, recipe_config
@@ -85,6 +86,51 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+MEASUREMENTS = ("barrier", "perturb", "hessian", "theory", "weights")
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    """Per level: successive barrier, perturbation barrier at c = 1, top eigenvalue, p*, weight stats."""
+    from .measure.connectivity import PathSettings
+    from .measure.suite import MeasureSettings, measure_level
+
+    what = tuple(w.strip() for w in args.what.split(",") if w.strip())
+    unknown = [w for w in what if w not in MEASUREMENTS]
+    if unknown:
+        raise ConfigError(f"unknown measurement {unknown[0]!r}; valid: {', '.join(MEASUREMENTS)}")
+    exp = experiment_from_args(args)
+    settings = MeasureSettings(path=PathSettings(points=args.points, bn_mode=args.bn_mode),
+                               hessian_examples=args.hessian_examples, hessian_k=args.hessian_k)
+    started = time.perf_counter()
+    last = exp.config.levels
+    exp.run(last)  # measuring level L needs L + 1
+    rows = []
+    for level in range(last):
+        rows.append(measure_level(exp, level, settings, what))
+        _log(f"measured level {level} ({time.perf_counter() - started:.0f} s)")
+    exp.entry.write_json("measurements.json", {"settings": to_dict(settings), "what": list(what), "rows": rows})
+    print(format_rows(rows))
+    _log(f"done in {time.perf_counter() - started:.1f} s; written to {exp.entry.path / 'measurements.json'}")
+    return 0
+
+
+def format_rows(rows: Sequence[dict]) -> str:
+    """A plain aligned table of dict rows; errors and barriers (fractions) printed in percent."""
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+    pct = {c for c in cols if "error" in c or "barrier" in c or c == "density"}
+
+    def cell(c: str, v) -> str:
+        if isinstance(v, float):
+            return f"{100 * v:.2f}" if c in pct else f"{v:.4g}"
+        return str(v)
+
+    table = [[c + (" %" if c in pct else "") for c in cols]] + [[cell(c, r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    return "\n".join("  ".join(x.rjust(w) for x, w in zip(row, widths)) for row in table)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lth-checks", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lth-checks {__version__}")
@@ -98,14 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="print a cached experiment without training")
     add_experiment_options(p)
     p.set_defaults(func=cmd_show)
-    for register in _EXTENSIONS:
-        register(sub)
+    p = sub.add_parser("measure", help="measure barriers, perturbations, curvature and weight statistics per level")
+    add_experiment_options(p)
+    p.add_argument("--what", default=",".join(MEASUREMENTS), help=f"comma-separated subset of {', '.join(MEASUREMENTS)}")
+    p.add_argument("--points", type=int, default=11, help="grid points on each linear path (>= 11; 30 at paper scale)")
+    p.add_argument("--bn-mode", default="reestimate", help="batch norm along paths: reestimate or interpolate")
+    p.add_argument("--hessian-examples", type=int, default=4096, help="fixed training subset for the Hessian")
+    p.add_argument("--hessian-k", type=int, default=20, help="top eigenvalues computed by Lanczos")
+    p.set_defaults(func=cmd_measure)
     return parser
-
-
-# Later layers (measurements, reports, benchmarks) add subcommands here without the CLI importing
-# them at start-up.
-_EXTENSIONS: list = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -82,9 +83,12 @@ class TrainConfig:
     precision: str = "fp32"  # "bf16" = bfloat16 autocast; part of the key because it changes results
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
+        _check(self.lr > 0 and math.isfinite(self.lr), f"train.lr must be positive and finite, got {self.lr}")
         _check(0 <= self.momentum < 1, f"train.momentum must be in [0, 1), got {self.momentum}")
-        _check(self.weight_decay >= 0, "train.weight_decay must be >= 0")
+        _check(self.weight_decay >= 0 and math.isfinite(self.weight_decay),
+               f"train.weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        _check(self.gamma > 0 and math.isfinite(self.gamma),
+               f"train.gamma must be positive and finite, got {self.gamma}")
         _check(self.batch_size > 0, "train.batch_size must be positive")
         _check(self.iterations > 0, "train.iterations must be positive")
         _check(list(self.milestones) == sorted(self.milestones), "train.milestones must be increasing")

@@ -138,28 +138,9 @@ class Experiment:
         self.entry.delete("pretrain_checkpoint")
 
     def _train_segment(self, model: PrunableModel, mask: Mask, name: str, start: int, end: int, label: str) -> None:
-        """Train with periodic checkpoints under `<name>_checkpoint`, resuming from one if present."""
-        ckpt_name = f"{name}_checkpoint"
-        resume = None
-        if self.entry.has_tensors(ckpt_name):
-            resume = tensors_to_checkpoint(*self.entry.read_tensors(ckpt_name, self.device))
-            self.log(f"{label}: resuming from checkpoint at iteration {resume.iteration}")
-        bar = _progress_bar(self.progress, end - start, label, resume.iteration - start if resume else 0)
-
-        def on_progress(done: int) -> None:
-            bar.n = done - start
-            bar.refresh()
-
-        def on_checkpoint(ckpt: Checkpoint) -> None:
-            self.entry.write_tensors(ckpt_name, state_to_tensors(ckpt), {"iteration": str(ckpt.iteration)})
-
-        try:
-            train(model, mask, self.dataset.train, self.config.train, start=start, end=end,
-                  data_seed=self.config.seed, augment=self.config.data.augment, resume=resume,
-                  checkpoint_every=self.checkpoint_every, on_checkpoint=on_checkpoint,
-                  on_progress=on_progress, label=f"{self.config.recipe} {label}")
-        finally:
-            bar.close()
+        train_in_entry(self.entry, f"{name}_checkpoint", model, mask, self.dataset.train, self.config,
+                       start=start, end=end, data_seed=self.config.seed, checkpoint_every=self.checkpoint_every,
+                       progress=self.progress, log=self.log, label=label)
 
     # ------------------------------------------------------------------ levels
     @staticmethod
@@ -235,6 +216,36 @@ class Experiment:
                         res = self._train_level(level)
                         self.log(f"level {level}: density {res.density:.4f}  test error {100 * res.test_error:.2f}%")
         return [self.result(level) for level in range(last + 1)]
+
+
+def train_in_entry(entry: Entry, checkpoint_name: str, model: PrunableModel, mask: Mask, split: Split,
+                   config: IMPConfig, *, start: int, end: int, data_seed: int, checkpoint_every: int,
+                   progress: bool = False, log: Callable[[str], None] = lambda msg: None,
+                   label: str = "training") -> None:
+    """Train with periodic checkpoints stored in `entry`, resuming from one if present.
+
+    Shared by IMP levels and branch experiments, so every training in the cache is resumable.
+    The caller deletes the checkpoint after committing its result, never before.
+    """
+    resume = None
+    if entry.has_tensors(checkpoint_name):
+        resume = tensors_to_checkpoint(*entry.read_tensors(checkpoint_name, next(model.parameters()).device))
+        log(f"{label}: resuming from checkpoint at iteration {resume.iteration}")
+    bar = _progress_bar(progress, end - start, label, resume.iteration - start if resume else 0)
+
+    def on_progress(done: int) -> None:
+        bar.n = done - start
+        bar.refresh()
+
+    def on_checkpoint(ckpt: Checkpoint) -> None:
+        entry.write_tensors(checkpoint_name, state_to_tensors(ckpt), {"iteration": str(ckpt.iteration)})
+
+    try:
+        train(model, mask, split, config.train, start=start, end=end, data_seed=data_seed,
+              augment=config.data.augment, resume=resume, checkpoint_every=checkpoint_every,
+              on_checkpoint=on_checkpoint, on_progress=on_progress, label=f"{config.recipe} {label}")
+    finally:
+        bar.close()
 
 
 def _progress_bar(enabled: bool, total: int, desc: str, initial: int):

@@ -269,27 +269,35 @@ def _start_vector(dim: int, seed: int) -> torch.Tensor:
     return v / v.norm()
 
 
-def top_eigenvalues(hessian: HessianOperator, k: int, tol: float = 1e-3, seed: int = 0) -> np.ndarray:
+def top_eigenvalues(
+    hessian: HessianOperator, k: int, tol: float = 1e-3, seed: int = 0, extra: int | None = None
+) -> np.ndarray:
     """The ``k`` algebraically largest eigenvalues, descending, by Lanczos (``eigsh(which='LA')``).
 
     ``tol`` is ARPACK's relative accuracy on the eigenvalues; the seeded start vector
-    makes the result reproducible. ARPACK needs k < dim: when k >= dim the operator is
-    materialised instead and all ``dim`` eigenvalues are returned.
+    makes the result reproducible. The last wanted Ritz values converge slowest and, at a
+    loose tol, Lanczos can return the next eigenvalue in place of a close neighbour, so
+    ``extra`` more (default max(2, k // 10)) are computed and dropped. ARPACK needs fewer
+    than ``dim`` eigenvalues: when k + extra >= dim the operator is materialised instead
+    (``dim`` products) and all ``min(k, dim)`` top eigenvalues come from ``eigvalsh``.
     """
     if k < 1:
         raise ConfigError(f"Number of eigenvalues k must be >= 1, got {k}.")
+    extra = max(2, k // 10) if extra is None else extra
+    if extra < 0:
+        raise ConfigError(f"Extra Lanczos eigenvalues must be >= 0, got {extra}.")
     n = hessian.dim
-    if k >= n:
+    if k + extra >= n:
         h = _dense(hessian)
-        return np.sort(np.linalg.eigvalsh((h + h.T) / 2))[::-1].copy()
+        return np.sort(np.linalg.eigvalsh((h + h.T) / 2))[::-1][:k].copy()
     v0 = _start_vector(n, seed).numpy()
     try:
-        vals = eigsh(_to_linear_operator(hessian), k=k, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
+        vals = eigsh(_to_linear_operator(hessian), k=k + extra, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
     except ArpackNoConvergence as err:
         raise LthError(
-            f"Lanczos found only {len(err.eigenvalues)} of {k} Hessian eigenvalues; raise tol or lower k."
+            f"Lanczos found only {len(err.eigenvalues)} of {k + extra} Hessian eigenvalues; raise tol or lower k."
         ) from err
-    return np.sort(np.asarray(vals, dtype=np.float64))[::-1].copy()
+    return np.sort(np.asarray(vals, dtype=np.float64))[::-1][:k].copy()
 
 
 def _power(mv: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, iters: int, tol: float) -> tuple[float, bool]:

@@ -1,0 +1,152 @@
+"""Branch experiments: trainings that start from an IMP lineage's level L and are cached beside it.
+
+Key = (parent configuration, branch spec), in the same content-addressed store, trained through
+the same resumable, checkpointed loop as the IMP levels.
+
+- sgd_noise: retrain m_L * w_k with another data-order seed (LMC's instability test).
+- perturb:   retrain m_L * w_k + delta, delta Gaussian on the alive coordinates of m_L with
+             norm c * r_L (Claim 2).
+- oneshot:   prune a fraction p of the alive weights of w_L by magnitude or at random, rewind to
+             w_k with that mask, retrain (Claim 3's p_max).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..config import PRUNE_STRATEGIES, to_dict
+from ..errors import ConfigError
+from ..imp import Experiment, train_in_entry
+from ..pruning import Mask, alive_count, density, excluded_names, prune, prunable_weights
+from ..store import Entry
+from ..training import derive_seed
+from .perturbation import add_direction, gaussian_direction, perturbation_scale
+
+BRANCH_KINDS = ("sgd_noise", "perturb", "oneshot")
+
+
+@dataclass(frozen=True)
+class BranchSpec:
+    """What a branch changes relative to level `level` of its parent lineage."""
+
+    kind: str
+    level: int
+    data_seed: int | None = None  # None: the parent's data order
+    c: float = 0.0  # perturb: norm of delta in units of r_L
+    noise_seed: int = 0  # perturb: direction seed; oneshot: random-pruning seed
+    fraction: float = 0.2  # oneshot: fraction of alive weights of w_L removed at once
+    strategy: str = "magnitude_global"  # oneshot: how they are chosen
+
+    def __post_init__(self) -> None:
+        if self.kind not in BRANCH_KINDS:
+            raise ConfigError(f"unknown branch kind {self.kind!r}; valid choices: {', '.join(BRANCH_KINDS)}")
+        if self.level < 0:
+            raise ConfigError("branch level must be >= 0")
+        if self.c < 0:
+            raise ConfigError(f"perturbation size c must be >= 0, got {self.c}")
+        if not 0 < self.fraction < 1:
+            raise ConfigError(f"one-shot fraction must be in (0, 1), got {self.fraction}")
+        if self.strategy not in PRUNE_STRATEGIES:
+            raise ConfigError(f"unknown pruning strategy {self.strategy!r}; valid choices: {', '.join(PRUNE_STRATEGIES)}")
+
+    def key_dict(self) -> dict:
+        """Only the fields the kind uses, so e.g. c does not split sgd_noise entries."""
+        used = {"sgd_noise": ("data_seed",), "perturb": ("c", "noise_seed", "data_seed"),
+                "oneshot": ("fraction", "strategy", "noise_seed", "data_seed")}[self.kind]
+        d = to_dict(self)
+        return {"kind": self.kind, "level": self.level, **{k: d[k] for k in used}}
+
+    @property
+    def label(self) -> str:
+        extra = {"sgd_noise": f"data seed {self.data_seed}", "perturb": f"c={self.c:g}",
+                 "oneshot": f"p={self.fraction:g} {self.strategy}"}[self.kind]
+        return f"level {self.level} {self.kind} ({extra})"
+
+
+@dataclass(frozen=True)
+class BranchResult:
+    spec: dict
+    alive: int
+    density: float
+    test_error: float
+    test_loss: float
+    train_error: float
+    train_loss: float
+    perturbation_norm: float  # |delta| for perturb branches, else 0
+    scale_r: float  # r_L for perturb branches, else 0
+    wall_time_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Branch:
+    """A branch of `parent` described by `spec`; `result()` trains it on first use."""
+
+    kind = "branch"
+
+    def __init__(self, parent: Experiment, spec: BranchSpec):
+        self.parent, self.spec = parent, spec
+        self.entry: Entry = parent.store.entry(self.kind, {"parent": parent.config.key_dict(),
+                                                           "branch": spec.key_dict()})
+
+    @property
+    def data_seed(self) -> int:
+        return self.parent.config.seed if self.spec.data_seed is None else self.spec.data_seed
+
+    def is_done(self) -> bool:
+        return self.entry.has_json("metrics.json")
+
+    def result(self) -> BranchResult:
+        if not self.is_done():
+            with self.entry.lock():
+                if not self.is_done():
+                    self._train()
+        return BranchResult(**self.entry.read_json("metrics.json"))
+
+    def solution(self) -> dict[str, torch.Tensor]:
+        self.result()
+        return self.entry.read_tensors("final", self.parent.device)[0]
+
+    def mask(self) -> Mask:
+        self.result()
+        return self.entry.read_tensors("mask", self.parent.device)[0]
+
+    def _start(self) -> tuple[Mask, dict[str, torch.Tensor], float, float]:
+        """Mask, starting state, |delta| and r_L for this branch."""
+        exp, spec = self.parent, self.spec
+        rewind = exp.rewind_state()
+        if spec.kind == "oneshot":
+            model = exp.solution_model(spec.level)
+            mask = prune(prunable_weights(model), exp.mask(spec.level), spec.fraction, spec.strategy,
+                         excluded_names(model, exp.config.prune), seed=derive_seed("oneshot", spec.noise_seed))
+            return mask, rewind, 0.0, 0.0
+        mask = exp.mask(spec.level)
+        if spec.kind == "sgd_noise" or spec.c == 0:
+            return mask, rewind, 0.0, 0.0
+        r = perturbation_scale(rewind, mask, exp.mask(spec.level + 1))
+        delta = gaussian_direction(mask, spec.c * r, spec.noise_seed)
+        return mask, add_direction(rewind, delta), spec.c * r, r
+
+    def _train(self) -> None:
+        exp, cfg = self.parent, self.parent.config
+        started = time.perf_counter()
+        mask, start_state, delta_norm, r = self._start()
+        model = exp.model_with(start_state, mask)
+        train_in_entry(self.entry, "checkpoint", model, mask, exp.dataset.train, cfg,
+                       start=cfg.rewind_iteration, end=cfg.train.iterations, data_seed=self.data_seed,
+                       checkpoint_every=exp.checkpoint_every, progress=exp.progress, log=exp.log,
+                       label=self.spec.label)
+        metrics = exp.evaluate_model(model)
+        result = BranchResult(spec=self.spec.key_dict(), alive=alive_count(mask), density=density(mask),
+                              perturbation_norm=delta_norm, scale_r=r,
+                              wall_time_s=round(time.perf_counter() - started, 3), **metrics)
+        self.entry.write_tensors("mask", mask)
+        self.entry.write_tensors("final", model.state_dict())
+        self.entry.write_json("metrics.json", result.to_dict())  # commit marker: last
+        self.entry.delete("checkpoint")
+        exp.log(f"{self.spec.label}: test error {100 * result.test_error:.2f}%")
+

@@ -1,0 +1,184 @@
+"""The measurements behind the claims, per level of an IMP lineage, each cached in the store.
+
+Every function takes an `Experiment` and a level, trains whatever it needs through the cache
+(levels, branches) and stores its own result as JSON under a `measure/<key>` entry keyed by the
+parent configuration, the level and the measurement settings, so claims and reruns share them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from ..config import to_dict
+from ..imp import Experiment
+from ..pruning import alive_count, excluded_names, prunable_weights
+from .branches import Branch, BranchSpec
+from .connectivity import PathResult, PathSettings, evaluate_path
+from .hessian import RestrictedHessian, rayleigh_quotient, summarize_hessian
+from .perturbation import gaussian_direction
+from .theory import predicted_prune_limit, projection_delta, projection_distance
+from .weights import level_statistics, no_retrain_chain
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """Settings of every instrument; recorded with each result ("(ours)" defaults of CLAIMS.md)."""
+
+    path: PathSettings = field(default_factory=PathSettings)
+    hessian_examples: int = 4096  # fixed training subset for curvature (CLAIMS.md: >= 4,096)
+    hessian_k: int = 20  # top eigenvalues by Lanczos
+    trace_samples: int = 30  # Hutchinson probes
+    theory_eps: float = 0.1  # loss tolerance (nats) of the sublevel set in the quadratic model (ours)
+    p_grid: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 0.9)
+    seed: int = 0
+
+
+def _cached(exp: Experiment, what: str, params: dict, compute: Callable[[], dict]) -> dict:
+    entry = exp.store.entry("measure", {"parent": exp.config.key_dict(), "what": what, **to_dict(params)})
+    if entry.has_json("result.json"):
+        return entry.read_json("result.json")
+    with entry.lock():
+        if not entry.has_json("result.json"):
+            entry.write_json("result.json", compute())
+    return entry.read_json("result.json")
+
+
+def _path(exp: Experiment, state_a: dict, state_b: dict, settings: PathSettings) -> dict:
+    return evaluate_path(exp.build_model(), state_a, state_b, exp.dataset.test, exp.eval_train, settings,
+                         exp.config.train.precision).to_dict()
+
+
+def successive_barrier(exp: Experiment, level: int, s: MeasureSettings = MeasureSettings()) -> PathResult:
+    """Path from w_L to w_{L+1} (the weights pruned at L+1 shrink to zero along it)."""
+    d = _cached(exp, "successive_path", {"level": level, "path": asdict(s.path)},
+                lambda: _path(exp, exp.solution(level), exp.solution(level + 1), s.path))
+    return PathResult.from_dict(d)
+
+
+def branch_barrier(exp: Experiment, spec: BranchSpec, s: MeasureSettings = MeasureSettings()) -> dict:
+    """Path from the level-L solution to a branch's solution, with the branch's own metrics."""
+    branch = Branch(exp, spec)
+
+    def compute() -> dict:
+        return {"branch": branch.result().to_dict(),
+                "path": _path(exp, exp.solution(spec.level), branch.solution(), s.path)}
+
+    return _cached(exp, "branch_path", {"branch": spec.key_dict(), "path": asdict(s.path)}, compute)
+
+
+def perturbation_barrier(exp: Experiment, level: int, c: float, s: MeasureSettings = MeasureSettings()) -> dict:
+    return branch_barrier(exp, BranchSpec("perturb", level, c=c, noise_seed=s.seed), s)
+
+
+def sgd_noise_barrier(exp: Experiment, level: int, s: MeasureSettings = MeasureSettings()) -> dict:
+    """Two copies from m_L * w_k that differ only in data order (LMC's instability test)."""
+    return branch_barrier(exp, BranchSpec("sgd_noise", level, data_seed=exp.config.seed + 1_000 + s.seed), s)
+
+
+def _hessian_inputs(exp: Experiment, s: MeasureSettings):
+    return exp.dataset.train.subset(s.hessian_examples, seed=s.seed)
+
+
+def hessian(exp: Experiment, level: int, s: MeasureSettings = MeasureSettings()) -> dict:
+    """Top eigenvalues, power-iteration top-1 and Hutchinson trace of the training loss at w_L."""
+    def compute() -> dict:
+        sub = _hessian_inputs(exp, s)
+        summary = summarize_hessian(exp.solution_model(level), exp.mask(level), sub.inputs, sub.targets,
+                                    k=s.hessian_k, trace_samples=s.trace_samples, seed=s.seed)
+        return summary.to_dict()
+
+    return _cached(exp, "hessian", {"level": level, "examples": s.hessian_examples, "k": s.hessian_k,
+                                    "trace_samples": s.trace_samples, "seed": s.seed}, compute)
+
+
+def prune_limit(exp: Experiment, level: int, strategy: str, s: MeasureSettings = MeasureSettings(),
+                tail: str = "zero") -> dict:
+    """Predicted p* of the quadratic model at w_L for `strategy` ('magnitude' or 'random').
+
+    tail="zero": eigenvalues beyond the top k are 0 (CLAIMS.md's practical form).
+    tail="trace": the trace not explained by the top k is spread evenly over the remaining
+    dimensions (ours; a less optimistic bulk).
+    """
+    h = hessian(exp, level, s)
+    model = exp.solution_model(level)
+    excluded = excluded_names(model, exp.config.prune)
+    mask = {n: m for n, m in exp.mask(level).items() if n not in excluded}
+    weights = prunable_weights(model)
+    alive = alive_count(mask)
+    eig = list(h["top_eigenvalues"])
+    if tail == "trace":
+        rest = max(h["trace_mean"] - sum(x for x in eig if x > 0), 0.0)
+        remaining = max(h["dim"] - len(eig), 1)
+        eig = eig + [rest / remaining] * remaining
+    limit = predicted_prune_limit(eig, s.theory_eps, alive,
+                                  lambda p: projection_distance(weights, mask, p, strategy, seed=s.seed), s.p_grid)
+    return {**limit.to_dict(), "strategy": strategy, "tail": tail}
+
+
+def pruning_direction_curvature(exp: Experiment, level: int, s: MeasureSettings = MeasureSettings()) -> dict:
+    """Rayleigh quotients of the magnitude-pruning direction and a random one of the same size (Claim 3c)."""
+    def compute() -> dict:
+        model = exp.solution_model(level)
+        excluded = excluded_names(model, exp.config.prune)
+        mask = exp.mask(level)
+        pool = {n: m for n, m in mask.items() if n not in excluded}
+        weights = prunable_weights(model)
+        sub = _hessian_inputs(exp, s)
+        h = RestrictedHessian(model, mask, sub.inputs, sub.targets)
+        p = exp.config.prune.fraction
+        directions = {"magnitude": projection_delta(weights, pool, p, "magnitude"),
+                      "random_prune": projection_delta(weights, pool, p, "random", seed=s.seed)}
+        out = {}
+        for name, d in directions.items():
+            full = {n: d.get(n, weights[n] * 0) for n in mask}
+            norm = float(sum(v.double().square().sum() for v in full.values()) ** 0.5)
+            out[name] = {"rayleigh": rayleigh_quotient(h, full), "norm": norm}
+        iso = gaussian_direction(mask, out["magnitude"]["norm"], s.seed)
+        out["gaussian"] = {"rayleigh": rayleigh_quotient(h, iso), "norm": out["magnitude"]["norm"]}
+        return out
+
+    return _cached(exp, "direction_curvature", {"level": level, "examples": s.hessian_examples, "seed": s.seed},
+                   compute)
+
+
+def oneshot(exp: Experiment, level: int, fraction: float, strategy: str,
+            s: MeasureSettings = MeasureSettings()) -> dict:
+    """One-shot prune of w_L by `fraction`, rewind, retrain; with the path back to w_L."""
+    return branch_barrier(exp, BranchSpec("oneshot", level, fraction=fraction, strategy=strategy,
+                                          noise_seed=s.seed), s)
+
+
+def weight_statistics(exp: Experiment, level: int) -> dict:
+    return _cached(exp, "weight_statistics", {"level": level}, lambda: level_statistics(exp, level))
+
+
+def no_retraining(exp: Experiment, level: int, steps: int) -> list[dict]:
+    return _cached(exp, "no_retrain_chain", {"level": level, "steps": steps},
+                   lambda: {"rows": no_retrain_chain(exp, level, steps)})["rows"]
+
+
+def measure_level(exp: Experiment, level: int, s: MeasureSettings = MeasureSettings(),
+                  what: tuple[str, ...] = ("barrier", "perturb", "hessian", "theory", "weights")) -> dict:
+    """The per-level summary of `lth-checks measure` (needs levels L and L+1 of the lineage)."""
+    row: dict = {"level": level, "density": exp.result(level).density,
+                 "test_error": exp.result(level).test_error}
+    if "barrier" in what:
+        path = successive_barrier(exp, level, s)
+        row.update(next_test_error=exp.result(level + 1).test_error, barrier_next=path.barrier_test,
+                   barrier_next_train=path.barrier_train)
+    if "perturb" in what:
+        row["barrier_perturb_c1"] = PathResult.from_dict(perturbation_barrier(exp, level, 1.0, s)["path"]).barrier_test
+    if "hessian" in what or "theory" in what:
+        h = hessian(exp, level, s)
+        row.update(top_eigenvalue=h["top_eigenvalues"][0], hessian_trace=h["trace_mean"])
+    if "theory" in what:
+        row["p_star_magnitude"] = prune_limit(exp, level, "magnitude", s)["p_star"]
+        row["p_star_random"] = prune_limit(exp, level, "random", s)["p_star"]
+    if "weights" in what:
+        w = weight_statistics(exp, level)
+        row.update(relative_projection_length=w["relative_projection_length"],
+                   projected_test_error=w["projected_test_error"],
+                   refill_below_threshold=w["refill_fraction_below_threshold"],
+                   new_small_weight_share=w["new_small_weight_share"])
+    return row
