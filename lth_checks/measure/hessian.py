@@ -100,7 +100,8 @@ class RestrictedHessian:
             raise ConfigError("The Hessian mask is empty: it must name at least one prunable weight.")
         if inputs.ndim < 1 or targets.ndim != 1 or inputs.shape[0] != targets.shape[0] or targets.shape[0] == 0:
             raise DataError(
-                f"Hessian data must be non-empty inputs (N, ...) and targets (N,); got {tuple(inputs.shape)} and {tuple(targets.shape)}."
+                "Hessian data must be non-empty inputs (N, ...) and targets (N,); "
+                f"got {tuple(inputs.shape)} and {tuple(targets.shape)}."
             )
         if targets.is_floating_point() or targets.is_complex():
             raise DataError(f"Hessian targets must be integer class labels, got dtype {targets.dtype}.")
@@ -112,7 +113,9 @@ class RestrictedHessian:
             if m.dtype != torch.bool:
                 raise ConfigError(f"Mask entry {name!r} must be a bool tensor, got {m.dtype}.")
             if m.shape != params[name].shape:
-                raise ConfigError(f"Mask entry {name!r} has shape {tuple(m.shape)}, weight has {tuple(params[name].shape)}.")
+                raise ConfigError(
+                    f"Mask entry {name!r} has shape {tuple(m.shape)}, weight has {tuple(params[name].shape)}."
+                )
 
         first = params[next(iter(mask))]
         self.device: torch.device = first.device
@@ -179,16 +182,23 @@ class RestrictedHessian:
         out = functional_call(self._model, {**self._fixed, **weights}, (x,))
         return F.cross_entropy(out, y)
 
-    def _hvp_forward_over_reverse(self, tangent: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _hvp_forward_over_reverse(
+        self, tangent: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         _, hv = jvp(lambda w: grad(self._loss)(w, x, y), (self._weights,), (tangent,))
         return hv
 
-    def _hvp_reverse_over_reverse(self, tangent: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _hvp_reverse_over_reverse(
+        self, tangent: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         with torch.enable_grad():
             w = {n: t.detach().requires_grad_(True) for n, t in self._weights.items()}
             leaves = [w[n] for n in self._names]
             g = torch.autograd.grad(self._loss(w, x, y), leaves, create_graph=True, allow_unused=True)
-            dot = sum(((gi * tangent[n]).sum() for gi, n in zip(g, self._names) if gi is not None), torch.zeros((), dtype=self.dtype, device=self.device))
+            dot = sum(
+                ((gi * tangent[n]).sum() for gi, n in zip(g, self._names) if gi is not None),
+                torch.zeros((), dtype=self.dtype, device=self.device),
+            )
             if not dot.requires_grad:  # the loss is linear in the alive weights: H = 0
                 return {n: torch.zeros_like(t) for n, t in self._weights.items()}
             hv = torch.autograd.grad(dot, leaves, allow_unused=True)
@@ -208,7 +218,9 @@ class RestrictedHessian:
                 hv = self._hvp_reverse_over_reverse(tangent, x, y)
             except Exception:
                 raise err from None
-            warnings.warn(f"Forward-over-reverse HVP failed ({err}); using double backward.", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"Forward-over-reverse HVP failed ({err}); using double backward.", RuntimeWarning, stacklevel=3
+            )
             self.method = "reverse_over_reverse"
             return hv
         self.method = "forward_over_reverse"

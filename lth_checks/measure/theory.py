@@ -18,14 +18,18 @@ it is an UPPER bound (optimistic). Note d* < k always, so p* >= 1 - k / alive on
 that reaches it: with k much smaller than alive the prediction saturates near p = 1.
 
 Weights are ranked here by a small local selection (the project's pruning module is not
-imported): global magnitude with ties broken by position in the alive vector (mask-key
-order, row-major within a tensor), or a seeded uniform random choice.
+imported) that follows the same conventions as global pruning there, so with the same
+seed and exclusions it removes the same weights: round-half-up count, global magnitude
+(scores |w| in float32) or seeded uniform scores drawn on the CPU, the smallest scores
+removed with ties broken by position in the alive vector (mask-key order, row-major
+within a tensor). Names in ``exclude`` (e.g. an output layer the recipe never prunes)
+are neither counted nor removed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -77,18 +81,28 @@ def d_star(eigenvalues: npt.ArrayLike, eps: float, R: float | npt.ArrayLike) -> 
 
 
 def n_removed(p: float, alive: int) -> int:
-    """Number of weights a fraction p prunes from ``alive``: round(p * alive) (Python rounding)."""
+    """Number of weights a fraction p prunes from ``alive``: round(p * alive), halves rounded up.
+
+    The 1e-9 guard makes 0.2 * 5 = 1.0000000000000002 and 0.5 * 3 = 1.5 behave as written.
+    """
     if not 0.0 <= p <= 1.0:
         raise ConfigError(f"Prune fraction p must be in [0, 1], got {p}.")
-    return int(round(p * alive))
+    return int(math.floor(p * alive + 0.5 + 1e-9))
 
 
-def _alive_values(weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Alive weights as one flat vector, in mask-key order, row-major within each tensor."""
-    if not mask:
-        raise ConfigError("The mask is empty: it must name at least one prunable weight.")
+def _alive_values(
+    weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], exclude: Collection[str] = ()
+) -> torch.Tensor:
+    """Alive, non-excluded weights as one flat vector, in mask-key order, row-major within each tensor."""
+    unknown = sorted(set(exclude) - set(mask))
+    if unknown:
+        raise ConfigError(f"Excluded name {unknown[0]!r} is not in the mask.")
+    names = [n for n in mask if n not in exclude]
+    if not names:
+        raise ConfigError("The mask names no prunable (non-excluded) weight.")
     parts = []
-    for name, m in mask.items():
+    for name in names:
+        m = mask[name]
         if name not in weights:
             raise ConfigError(f"No weight named {name!r} for mask entry.")
         w = weights[name]
@@ -99,54 +113,72 @@ def _alive_values(weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.
 
 
 def removed_alive_indices(
-    weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], p: float, strategy: Strategy, seed: int = 0
+    weights: Mapping[str, torch.Tensor],
+    mask: Mapping[str, torch.Tensor],
+    p: float,
+    strategy: Strategy,
+    seed: int = 0,
+    exclude: Collection[str] = (),
 ) -> torch.Tensor:
-    """Positions (in the flat alive vector) of the round(p * alive) weights P_p removes.
+    """Positions, in the flat alive non-excluded vector, of the round(p * alive) weights P_p removes.
 
-    ``magnitude``: the smallest |w| globally, ties broken by lower position (stable sort).
-    ``random``: a uniform choice drawn on the CPU from a generator seeded with ``seed``.
+    ``magnitude``: the smallest |w| globally. ``random``: the smallest of uniform scores drawn
+    on the CPU from a generator seeded with ``seed`` (same removal on every device). Ties go
+    to the lower position (stable sort).
     """
-    vals = _alive_values(weights, mask)
+    vals = _alive_values(weights, mask, exclude)
     n = n_removed(p, vals.numel())
     if strategy == "magnitude":
-        return torch.sort(vals.abs(), stable=True).indices[:n]
-    if strategy == "random":
-        perm = torch.randperm(vals.numel(), generator=torch.Generator().manual_seed(seed))
-        return perm[:n].to(vals.device)
-    raise ConfigError(f"Unknown pruning strategy {strategy!r}; use 'magnitude' or 'random'.")
+        scores = vals.abs().float()
+    elif strategy == "random":
+        scores = torch.rand(vals.numel(), generator=torch.Generator().manual_seed(seed)).to(vals.device)
+    else:
+        raise ConfigError(f"Unknown pruning strategy {strategy!r}; use 'magnitude' or 'random'.")
+    return torch.sort(scores, stable=True).indices[:n]
 
 
 def projection_delta(
-    weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], p: float, strategy: Strategy, seed: int = 0
+    weights: Mapping[str, torch.Tensor],
+    mask: Mapping[str, torch.Tensor],
+    p: float,
+    strategy: Strategy,
+    seed: int = 0,
+    exclude: Collection[str] = (),
 ) -> dict[str, torch.Tensor]:
-    """w - P_p(w) as full-shape tensors: the removed alive weights, zero elsewhere.
+    """w - P_p(w) as full-shape tensors (one per mask key): the removed weights, zero elsewhere.
 
     This is the pruning direction of Claim 3(c); weights at already-pruned coordinates
     are ignored (they are zero in a masked solution).
     """
-    idx = removed_alive_indices(weights, mask, p, strategy, seed)
-    vals = _alive_values(weights, mask)
+    idx = removed_alive_indices(weights, mask, p, strategy, seed, exclude)
+    vals = _alive_values(weights, mask, exclude)
     flat = torch.zeros_like(vals)
     flat[idx] = vals[idx]
     out: dict[str, torch.Tensor] = {}
     start = 0
     for name, m in mask.items():
         w = weights[name]
-        mm = m.to(w.device).reshape(-1)
-        count = int(mm.sum())
         full = torch.zeros(w.numel(), dtype=w.dtype, device=w.device)
-        full[mm] = flat[start : start + count]
+        if name not in exclude:
+            mm = m.to(w.device).reshape(-1)
+            count = int(mm.sum())
+            full[mm] = flat[start : start + count]
+            start += count
         out[name] = full.reshape(w.shape)
-        start += count
     return out
 
 
 def projection_distance(
-    weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], p: float, strategy: Strategy, seed: int = 0
+    weights: Mapping[str, torch.Tensor],
+    mask: Mapping[str, torch.Tensor],
+    p: float,
+    strategy: Strategy,
+    seed: int = 0,
+    exclude: Collection[str] = (),
 ) -> float:
     """R(p) = ||w - P_p(w)||_2 over the alive coordinates (float64 accumulation)."""
-    idx = removed_alive_indices(weights, mask, p, strategy, seed)
-    vals = _alive_values(weights, mask)
+    idx = removed_alive_indices(weights, mask, p, strategy, seed, exclude)
+    vals = _alive_values(weights, mask, exclude)
     return float(vals[idx].to(torch.float64).norm())
 
 
@@ -185,6 +217,7 @@ def predicted_prune_limit(
 ) -> PruneLimit:
     """p* = max { p in grid : (1 - p) * alive >= d*(eps, R(p)) } with R = ``distance_fn``.
 
+    ``alive`` is the number of prunable alive weights (excluded layers not counted).
     Eigenvalues beyond those given are taken as zero, so d* is a lower bound of the
     full-spectrum value and p* an upper bound (see the module docstring). The grid is
     sorted and de-duplicated; the result lists every point.
