@@ -21,6 +21,7 @@ from .config import IMPConfig
 from .data import Dataset, Split, load_dataset
 from .models import PrunableModel, build_model
 from .pruning import Mask, alive_count, apply_mask, dense_mask, prune_model, total_count
+from .errors import CacheError
 from .store import Entry, Store
 from .training import Checkpoint, derive_seed, evaluate, train
 
@@ -73,8 +74,9 @@ class Experiment:
 
     def __init__(self, config: IMPConfig, *, store: Store | None = None, device: str | torch.device | None = None,
                  data_root: str | os.PathLike | None = None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
-                 progress: bool = False, log: Callable[[str], None] | None = None):
+                 progress: bool = False, log: Callable[[str], None] | None = None, allow_training: bool = True):
         self.config = config
+        self.allow_training = allow_training
         self.store = store or Store()
         self.device = resolve_device(device)
         self.data_root = data_root
@@ -137,7 +139,15 @@ class Experiment:
         self.entry.write_tensors("rewind", model.state_dict(), {"iteration": str(k)})
         self.entry.delete("pretrain_checkpoint")
 
+    def require_training(self, what: str) -> None:
+        """Refuse to train in cache-only mode (e.g. `lth-checks report`), naming what is missing."""
+        if not self.allow_training:
+            raise CacheError(f"{what} of {self.config.recipe} (key {self.key}, seed {self.config.seed}, rewind "
+                             f"{self.config.rewind_iteration}) is not in the cache at {self.store.root}; "
+                             "run the claims or `lth-checks run` first")
+
     def _train_segment(self, model: PrunableModel, mask: Mask, name: str, start: int, end: int, label: str) -> None:
+        self.require_training(label)
         train_in_entry(self.entry, f"{name}_checkpoint", model, mask, self.dataset.train, self.config,
                        start=start, end=end, data_seed=self.config.seed, checkpoint_every=self.checkpoint_every,
                        progress=self.progress, log=self.log, label=label)

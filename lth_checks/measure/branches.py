@@ -133,6 +133,7 @@ class Branch:
 
     def _train(self) -> None:
         exp, cfg = self.parent, self.parent.config
+        exp.require_training(self.spec.label)
         started = time.perf_counter()
         mask, start_state, delta_norm, r = self._start()
         model = exp.model_with(start_state, mask)

@@ -1,0 +1,371 @@
+"""The experiments behind each claim, gathered into outcome records with verdicts.
+
+A `ClaimContext` says which recipes, rewinds, replicates and levels a run uses; each
+`claimN_*` function requests the experiments it needs through the cache (so claims share
+lineages and branches), computes the numbers CLAIMS.md asks for, applies the verdict rule of
+`verdicts` at tau = 2 pp and at every tau of the sweep, and returns a JSON-ready outcome.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from . import thresholds as T
+from . import verdicts as V
+from .errors import DivergenceError
+from .imp import Experiment
+from .measure import suite
+from .measure.connectivity import PathResult, PathSettings
+from .recipes import get_recipe, recipe_config
+from .store import Store
+
+SCALES = ("smoke", "small", "paper")
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """What one `--scale` runs: recipes, replicates, levels, and the levels branches start from."""
+
+    recipes: tuple[str, ...]
+    replicates: int
+    levels: int  # last IMP level
+    branch_levels: tuple[int, ...]  # levels that get perturbation / one-shot branches and Hessians
+    path_points: int
+
+
+PLANS = {
+    "smoke": ScalePlan(("smoke",), replicates=2, levels=15, branch_levels=(0, 4, 8, 12), path_points=11),
+    "small": ScalePlan(("small",), replicates=2, levels=10, branch_levels=(0, 3, 6, 9), path_points=11),
+    "paper": ScalePlan(("cifar10_resnet20",), replicates=3, levels=16,
+                       branch_levels=(0, 2, 4, 6, 8, 10, 12, 14), path_points=30),
+}
+
+
+@dataclass
+class ClaimContext:
+    """Options of one claims run (from the pytest command line) and access to the cache."""
+
+    scale: str = "smoke"
+    recipes: tuple[str, ...] = ()
+    rewinds: tuple[int, ...] = ()  # empty: each recipe's default rewinds
+    replicates: int | None = None
+    levels: int | None = None
+    device: str = "auto"
+    data_root: str | None = None
+    cache_dir: str | None = None
+    cache_only: bool = False
+    log: Callable[[str], None] = field(default=lambda msg: None)
+    _experiments: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def plan(self) -> ScalePlan:
+        return PLANS[self.scale]
+
+    def recipe_names(self) -> tuple[str, ...]:
+        return self.recipes or self.plan.recipes
+
+    def rewinds_for(self, recipe: str) -> tuple[int, ...]:
+        return self.rewinds or get_recipe(recipe).default_rewinds
+
+    def late_rewind(self, recipe: str) -> int:
+        return max(self.rewinds_for(recipe))
+
+    def n_replicates(self) -> int:
+        return self.replicates or self.plan.replicates
+
+    def last_level(self) -> int:
+        return self.levels if self.levels is not None else self.plan.levels
+
+    def branch_levels(self) -> tuple[int, ...]:
+        last = self.last_level()
+        return tuple(level for level in self.plan.branch_levels if level < last)
+
+    @property
+    def settings(self) -> suite.MeasureSettings:
+        return suite.MeasureSettings(path=PathSettings(points=self.plan.path_points))
+
+    def experiment(self, recipe: str, rewind: int, seed: int) -> Experiment:
+        """One handle per lineage and session, so its loaded dataset and lock are reused."""
+        key = (recipe, rewind, seed)
+        if key not in self._experiments:
+            cfg = recipe_config(recipe, rewind_iteration=rewind, seed=seed, levels=self.last_level())
+            self._experiments[key] = Experiment(cfg, store=Store(self.cache_dir), device=self.device,
+                                                data_root=self.data_root, log=self.log,
+                                                allow_training=not self.cache_only)
+        return self._experiments[key]
+
+    def lineages(self, recipe: str, rewind: int) -> list[Experiment]:
+        return [self.experiment(recipe, rewind, seed) for seed in range(self.n_replicates())]
+
+
+def _base(claim: str, title: str, recipe: str, ctx: ClaimContext, names: list[str]) -> dict:
+    r = get_recipe(recipe)
+    return {"claim": claim, "title": title, "recipe": recipe, "recipe_source": r.source, "scale": ctx.scale,
+            "replicates": ctx.n_replicates(), "rewinds": list(ctx.rewinds_for(recipe)),
+            "thresholds": {n: T.ALL[n].to_dict() for n in names},
+            "choices": ["batch norm along paths: re-estimated on a fixed training subset (ours)",
+                        f"path grid: {ctx.plan.path_points} points",
+                        "error barrier and LMC instability both on the test split and a fixed training subset"]}
+
+
+def _finish(outcome: dict, verdict: V.Verdict, sweep: dict[str, str] | None, started: float,
+            experiments: list[Experiment]) -> dict:
+    outcome.update(verdict=verdict.verdict, summary=verdict.summary, effect=verdict.effect,
+                   tau_sensitivity=sweep or {}, wall_time_s=round(time.perf_counter() - started, 2),
+                   config_hashes=sorted({e.key for e in experiments}))
+    return outcome
+
+
+def _pp(x: float) -> float:
+    return 100.0 * x
+
+
+def _dense(exps: list[Experiment]) -> tuple[float, float, float | None]:
+    """(mean dense error pp, eps pp, std pp) of level 0 over replicates."""
+    errs = [_pp(e.result(0).test_error) for e in exps]
+    eps, std = V.matching_eps_pp(errs)
+    return float(np.mean(errs)), eps, std
+
+
+def _diverged(fn: Callable[[], dict], outcome: dict, started: float) -> dict:
+    """Run fn; a divergence turns the outcome INCONCLUSIVE with the message instead of crashing the run."""
+    try:
+        return fn()
+    except DivergenceError as e:
+        return _finish(outcome, V.Verdict(V.INCONCLUSIVE, f"diverged: {e}"), None, started, [])
+
+
+# ----------------------------------------------------------------------------------------- Claim 1
+
+def claim1(ctx: ClaimContext, recipe: str) -> dict:
+    """Successive levels are linearly connected iff the next level is matching (at high sparsity)."""
+    started = time.perf_counter()
+    outcome = _base("1", "successive levels are linearly connected iff matching", recipe, ctx,
+                    ["MATCHING_EPS_FLOOR_PP", "BARRIER_TAU_PP", "TAU_SWEEP_PP", "AGREEMENT_RATE",
+                     "HIGH_SPARSITY_DENSITY", "MIN_REPLICATES"])
+
+    def gather() -> dict:
+        rows, pairs, exps_all = [], [], []
+        for rewind in ctx.rewinds_for(recipe):
+            exps = ctx.lineages(recipe, rewind)
+            exps_all += exps
+            for e in exps:
+                e.run()
+            dense, eps, std = _dense(exps)
+            for level in range(ctx.last_level()):
+                nxt = [_pp(e.result(level + 1).test_error) for e in exps]
+                bars = [_pp(suite.successive_barrier(e, level, ctx.settings).barrier_test) for e in exps]
+                bars_train = [_pp(suite.successive_barrier(e, level, ctx.settings).barrier_train) for e in exps]
+                err, bar = V.mean_ci(nxt), V.mean_ci(bars)
+                matching = err["mean"] <= dense + eps
+                row = {"rewind": rewind, "level": level, "density": exps[0].result(level).density,
+                       "next_density": exps[0].result(level + 1).density, "dense_error_pp": dense, "eps_pp": eps,
+                       "dense_std_pp": std, "next_error_pp": err, "matching": matching, "barrier_pp": bar,
+                       "barrier_train_pp": V.mean_ci(bars_train),
+                       "error_pp": V.mean_ci([_pp(e.result(level).test_error) for e in exps])}
+                rows.append(row)
+                pairs.append(V.LevelPair(rewind, level, row["next_density"], matching, bar["mean"]))
+        outcome["measured"] = {"rows": rows}
+
+        def rule(tau: float) -> V.Verdict:
+            return V.claim1(pairs, tau, ctx.n_replicates())
+
+        return _finish(outcome, rule(float(T.BARRIER_TAU_PP.value)), V.tau_sweep(rule), started, exps_all)
+
+    return _diverged(gather, outcome, started)
+
+
+# ----------------------------------------------------------------------------------------- Claim 2
+
+def claim2_series(ctx: ClaimContext, recipe: str, rewind: int) -> list[dict]:
+    """Barrier vs perturbation size c (and the SGD-noise and real-pair controls) at the branch levels."""
+    exps = ctx.lineages(recipe, rewind)
+    for e in exps:
+        e.run()
+    dense, eps, _ = _dense(exps)
+    rows = []
+    for level in ctx.branch_levels():
+        level_err = V.mean_ci([_pp(e.result(level).test_error) for e in exps])
+        base = {"rewind": rewind, "level": level, "density": exps[0].result(level).density,
+                "level_matching": level_err["mean"] <= dense + eps, "level_error_pp": level_err}
+        noise = [_pp(PathResult.from_dict(suite.sgd_noise_barrier(e, level, ctx.settings)["path"]).barrier_test)
+                 for e in exps]
+        real = [_pp(suite.successive_barrier(e, level, ctx.settings).barrier_test) for e in exps]
+        r_l = [suite.perturbation_barrier(e, level, 1.0, ctx.settings)["branch"]["scale_r"] for e in exps]
+        rows.append({**base, "kind": "sgd_noise", "c": 0.0, "barrier_pp": V.mean_ci(noise)})
+        rows.append({**base, "kind": "real_pair", "c": 1.0, "barrier_pp": V.mean_ci(real), "r_L": V.mean_ci(r_l)})
+        for c in T.PERTURBATION_SIZES.value:
+            bars = [_pp(PathResult.from_dict(suite.perturbation_barrier(e, level, c, ctx.settings)["path"]).barrier_test)
+                    for e in exps]
+            rows.append({**base, "kind": "perturb", "c": c, "barrier_pp": V.mean_ci(bars)})
+    return rows
+
+
+def claim2(ctx: ClaimContext, recipe: str) -> dict:
+    """SGD from a late rewind point is robust to perturbations as large as r_L."""
+    started = time.perf_counter()
+    outcome = _base("2", "SGD is robust to perturbations as large as the distance between pruned rewind points",
+                    recipe, ctx, ["PERTURBATION_SIZES", "ROBUST_UP_TO_C", "ROBUST_SHARE", "BARRIER_TAU_PP",
+                                  "TAU_SWEEP_PP", "MATCHING_EPS_FLOOR_PP", "MIN_REPLICATES"])
+    outcome["choices"] = outcome["choices"] + ["perturbation: Gaussian on the alive coordinates of m_L, norm c * r_L (ours)"]
+
+    def gather() -> dict:
+        rows = [row for rewind in ctx.rewinds_for(recipe) for row in claim2_series(ctx, recipe, rewind)]
+        outcome["measured"] = {"rows": rows, "late_rewind": ctx.late_rewind(recipe)}
+        late = [r for r in rows if r["rewind"] == ctx.late_rewind(recipe)]
+        cases = [V.PerturbationCase(r["level"], r["c"], r["barrier_pp"]["mean"], r["level_matching"])
+                 for r in late if r["kind"] == "perturb"]
+        noise = [r["barrier_pp"]["mean"] for r in late if r["kind"] == "sgd_noise" and r["level_matching"]]
+
+        def rule(tau: float) -> V.Verdict:
+            return V.claim2(cases, noise, tau, ctx.n_replicates())
+
+        exps = [e for rw in ctx.rewinds_for(recipe) for e in ctx.lineages(recipe, rw)]
+        return _finish(outcome, rule(float(T.BARRIER_TAU_PP.value)), V.tau_sweep(rule), started, exps)
+
+    return _diverged(gather, outcome, started)
+
+
+# ----------------------------------------------------------------------------------------- Claim 3
+
+STRATEGIES = {"magnitude": "magnitude_global", "random": "random_global"}
+
+
+def claim3_levels(ctx: ClaimContext, recipe: str, tau_pp: float) -> list[dict]:
+    """Per branch level and replicate of the late rewind: curvature, measured p_max, predicted p*."""
+    exps = ctx.lineages(recipe, ctx.late_rewind(recipe))
+    for e in exps:
+        e.run()
+    dense, eps, _ = _dense(exps)
+    s = ctx.settings
+    rows = []
+    for e in exps:
+        for level in ctx.branch_levels():
+            h = suite.hessian(e, level, s)
+            row = {"seed": e.config.seed, "level": level, "density": e.result(level).density,
+                   "top_eigenvalue": h["top_eigenvalues"][0], "trace": h["trace_mean"]}
+            for short, strategy in STRATEGIES.items():
+                sweep = []
+                for p in T.ONESHOT_GRID.value:
+                    b = suite.oneshot(e, level, p, strategy, s)
+                    sweep.append({"p": p, "test_error_pp": _pp(b["branch"]["test_error"]),
+                                  "matching": _pp(b["branch"]["test_error"]) <= dense + eps,
+                                  "barrier_pp": _pp(PathResult.from_dict(b["path"]).barrier_test)})
+                row[f"sweep_{short}"] = sweep
+                row[f"p_max_{short}"] = V.p_max([(x["p"], x["matching"], x["barrier_pp"]) for x in sweep], tau_pp)
+                row[f"p_star_{short}"] = suite.prune_limit(e, level, short, s)["p_star"]
+                row[f"p_star_{short}_trace_tail"] = suite.prune_limit(e, level, short, s, tail="trace")["p_star"]
+            curv = suite.pruning_direction_curvature(e, level, s)
+            row.update(rayleigh_magnitude=curv["magnitude"]["rayleigh"],
+                       rayleigh_random=curv["random_prune"]["rayleigh"],
+                       rayleigh_gaussian=curv["gaussian"]["rayleigh"])
+            rows.append(row)
+    return rows
+
+
+def claim3(ctx: ClaimContext, recipe: str, part: str) -> dict:
+    """Flatness limits the prune fraction per level: parts a (rank correlation), b (theory), c (flatter
+    direction), d (one-shot to high sparsity fails)."""
+    started = time.perf_counter()
+    titles = {"a": "sharper solutions have smaller p_max", "b": "predicted p* matches measured p_max (random pruning)",
+              "c": "the magnitude-pruning direction is flatter than a random one",
+              "d": "one-shot pruning to high sparsity fails where 20% steps succeed"}
+    names = {"a": ["SIGNIFICANCE", "ONESHOT_GRID", "BARRIER_TAU_PP", "MATCHING_EPS_FLOOR_PP"],
+             "b": ["P_STAR_TOLERANCE", "THEORY_EPS_LOSS", "AGREEMENT_RATE", "ONESHOT_GRID", "BARRIER_TAU_PP"],
+             "c": ["FLATNESS_RATIO_MAX", "AGREEMENT_RATE"],
+             "d": ["ONESHOT_TARGET_LEVELS", "MATCHING_EPS_FLOOR_PP"]}[part]
+    outcome = _base(f"3{part}", titles[part], recipe, ctx, names)
+    outcome["choices"] = outcome["choices"] + [
+        f"Hessian: training loss, BN in eval mode, {ctx.settings.hessian_examples} training examples, "
+        f"top {ctx.settings.hessian_k} eigenvalues by Lanczos; theory eps {ctx.settings.theory_eps} nats (ours)",
+        "theory spectrum: eigenvalues beyond the top k set to 0 (CLAIMS.md); the trace-tail variant is reported"]
+
+    def gather() -> dict:
+        exps = ctx.lineages(recipe, ctx.late_rewind(recipe))
+        if part == "d":
+            return _claim3d(ctx, recipe, outcome, exps, started)
+        rows = claim3_levels(ctx, recipe, float(T.BARRIER_TAU_PP.value))
+        outcome["measured"] = {"rows": rows, "rewind": ctx.late_rewind(recipe)}
+
+        def rule(tau: float) -> V.Verdict:
+            rs = rows if tau == T.BARRIER_TAU_PP.value else claim3_levels(ctx, recipe, tau)
+            if part == "a":
+                return V.claim3a([r["top_eigenvalue"] for r in rs], [r["p_max_magnitude"] for r in rs])
+            if part == "b":
+                return V.claim3b([r["p_star_random"] for r in rs], [r["p_max_random"] for r in rs],
+                                 T.ONESHOT_GRID.value)
+            return V.claim3c([r["rayleigh_magnitude"] for r in rs], [r["rayleigh_random"] for r in rs])
+
+        sweep = V.tau_sweep(rule) if part in ("a", "b") else None
+        return _finish(outcome, rule(float(T.BARRIER_TAU_PP.value)), sweep, started, exps)
+
+    return _diverged(gather, outcome, started)
+
+
+def _claim3d(ctx: ClaimContext, recipe: str, outcome: dict, exps: list[Experiment], started: float) -> dict:
+    target = min(int(T.ONESHOT_TARGET_LEVELS.value), ctx.last_level())
+    for e in exps:
+        e.run()
+    dense, eps, _ = _dense(exps)
+    density = exps[0].result(target).density
+    fraction = 1.0 - density
+    imp_err = V.mean_ci([_pp(e.result(target).test_error) for e in exps])
+    shot = [suite.oneshot(e, 0, fraction, "magnitude_global", ctx.settings)["branch"] for e in exps]
+    shot_err = V.mean_ci([_pp(b["test_error"]) for b in shot])
+    outcome["measured"] = {"target_level": target, "density": density, "dense_error_pp": dense, "eps_pp": eps,
+                           "imp_error_pp": imp_err, "oneshot_error_pp": shot_err}
+    verdict = V.claim3d(imp_err["mean"] <= dense + eps, shot_err["mean"] <= dense + eps, density)
+    return _finish(outcome, verdict, None, started, exps)
+
+
+# ----------------------------------------------------------------------------------------- Claim 4
+
+def claim4(ctx: ClaimContext, recipe: str) -> dict:
+    """Retraining creates new small weights, so IMP's projections stay short; a chain without retraining fails."""
+    started = time.perf_counter()
+    outcome = _base("4", "retraining exists to create new small weights", recipe, ctx,
+                    ["CHAIN_STEPS", "CHAIN_ERROR_MARGIN_PP", "MIN_REPLICATES"])
+    outcome["choices"] = outcome["choices"] + [
+        "new small weights: share of the weights IMP prunes at L+1 that re-pruning w_L would have kept (ours)",
+        "no-retraining chain starts from the level-1 solution (80% density), as the authors' ResNet-20 chain"]
+
+    def gather() -> dict:
+        steps = int(T.CHAIN_STEPS.value)
+        start_level = 1
+        exps = ctx.lineages(recipe, ctx.late_rewind(recipe))
+        last = min(ctx.last_level() - 1, start_level + steps)
+        per_level, chain_rows, verdict_inputs = [], [], []
+        for e in exps:
+            e.run()
+            stats = [suite.weight_statistics(e, level) for level in range(0, ctx.last_level() - 1)]
+            per_level.append(stats)
+            chain = suite.no_retraining(e, start_level, steps)
+            chain_rows.append(chain)
+            sol_err = _pp(e.result(start_level).test_error)
+            chain_rise = _pp(chain[-1]["projected_test_error"]) - sol_err
+            imp_window = [s for s in stats if start_level <= s["level"] < last]
+            imp_gap = max(_pp(s["projected_test_error"]) - _pp(s["solution_test_error"]) for s in imp_window)
+            chain_growth = chain[-1]["relative_projection_length"] / chain[0]["relative_projection_length"]
+            imp_growth = imp_window[-1]["relative_projection_length"] / imp_window[0]["relative_projection_length"]
+            verdict_inputs.append((chain_rise, imp_gap, chain_growth, imp_growth))
+        mean = np.mean(np.asarray(verdict_inputs), axis=0)
+        outcome["measured"] = {
+            "rewind": ctx.late_rewind(recipe), "start_level": start_level, "steps": steps,
+            "imp": [{k: v for k, v in s.items() if k != "histogram_abs_w"} for s in per_level[0]],
+            "imp_replicates": [[{k: v for k, v in s.items() if k != "histogram_abs_w"} for s in st]
+                               for st in per_level],
+            "histograms": {s["level"]: s["histogram_abs_w"] for s in per_level[0]},
+            "chain": chain_rows[0], "chain_replicates": chain_rows,
+            "per_replicate": [dict(zip(("chain_error_rise_pp", "imp_error_gap_pp", "chain_length_growth",
+                                        "imp_length_growth"), map(float, v))) for v in verdict_inputs]}
+        note = V._replicates_note(ctx.n_replicates())
+        verdict = V.claim4(*map(float, mean))
+        if note and verdict.verdict != V.INCONCLUSIVE:
+            verdict = replace(verdict, verdict=V.INCONCLUSIVE, summary=f"{note}; measured: {verdict.summary}")
+        return _finish(outcome, verdict, None, started, exps)
+
+    return _diverged(gather, outcome, started)

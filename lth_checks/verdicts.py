@@ -1,0 +1,215 @@
+"""Verdict rules of CLAIMS.md as pure functions of measured numbers (tested on planted results).
+
+PASS: the prediction held (with its effect size). FAIL: it was contradicted. INCONCLUSIVE: the
+run could not discriminate (too few replicates, one class absent, a divergence, a saturated grid).
+Errors and barriers enter in percentage points.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import stats
+
+from . import thresholds as T
+
+PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
+
+
+@dataclass
+class Verdict:
+    verdict: str
+    summary: str  # one line: why
+    effect: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
+    """Mean with a Student-t interval (None bounds for a single value)."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if x.size == 0:
+        return {"mean": float("nan"), "lo": None, "hi": None, "n": 0, "std": None}
+    mean = float(x.mean())
+    if x.size < 2:
+        return {"mean": mean, "lo": None, "hi": None, "n": 1, "std": None}
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * std / math.sqrt(x.size))
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": int(x.size), "std": std}
+
+
+def matching_eps_pp(dense_errors_pp: Sequence[float]) -> tuple[float, float | None]:
+    """(eps, std): eps = max(std of dense error over replicates, 0.5 pp) (CLAIMS.md default)."""
+    std = float(np.std(dense_errors_pp, ddof=1)) if len(dense_errors_pp) >= 2 else None
+    return max(std or 0.0, float(T.MATCHING_EPS_FLOOR_PP.value)), std
+
+
+def tau_sweep(rule: Callable[[float], Verdict]) -> dict[str, str]:
+    """The verdict re-evaluated at every tau of CLAIMS.md's sweep."""
+    return {f"{tau:g}": rule(tau).verdict for tau in T.TAU_SWEEP_PP.value}
+
+
+def _replicates_note(replicates: int) -> str | None:
+    if replicates < T.MIN_REPLICATES.value:
+        return f"only {replicates} replicate(s), {T.MIN_REPLICATES.value} needed to estimate the dense error's spread"
+    return None
+
+
+@dataclass(frozen=True)
+class LevelPair:
+    """Claim 1 datum: successive levels L -> L+1 of one rewind (means over replicates)."""
+
+    rewind: int
+    level: int
+    next_density: float
+    matching: bool
+    barrier_pp: float
+
+
+def claim1(pairs: Sequence[LevelPair], tau_pp: float, replicates: int, diverged: bool = False) -> Verdict:
+    """matching(L+1) agrees with (barrier <= tau) in >= 90% of the high-sparsity pairs, both classes present."""
+    if diverged:
+        return Verdict(INCONCLUSIVE, "a training run diverged; see the report for which")
+    pool = [p for p in pairs if p.next_density <= T.HIGH_SPARSITY_DENSITY.value + 1e-12]
+    if not pool:
+        return Verdict(INCONCLUSIVE, f"no level pair at or below {T.HIGH_SPARSITY_DENSITY.value:.0%} density")
+    agree = [p.matching == (p.barrier_pp <= tau_pp) for p in pool]
+    n_match = sum(p.matching for p in pool)
+    rate = sum(agree) / len(agree)
+    effect = {"agreement": rate, "pairs": len(pool), "matching_pairs": n_match,
+              "non_matching_pairs": len(pool) - n_match, "tau_pp": tau_pp}
+    note = _replicates_note(replicates)
+    if note:
+        return Verdict(INCONCLUSIVE, note, effect)
+    if n_match in (0, len(pool)):
+        which = "matching" if n_match else "non-matching"
+        return Verdict(INCONCLUSIVE, f"all {len(pool)} high-sparsity pairs are {which}: only one class present", effect)
+    verdict = PASS if rate >= T.AGREEMENT_RATE.value else FAIL
+    return Verdict(verdict, f"matching agrees with barrier <= {tau_pp:g} pp in {sum(agree)}/{len(agree)} pairs "
+                   f"({rate:.0%}; needed {T.AGREEMENT_RATE.value:.0%})", effect)
+
+
+@dataclass(frozen=True)
+class PerturbationCase:
+    """Claim 2 datum: barrier between the level-L solution and its perturbed twin (mean over replicates)."""
+
+    level: int
+    c: float
+    barrier_pp: float
+    level_matching: bool
+
+
+def claim2(cases: Sequence[PerturbationCase], sgd_noise_barriers_pp: Sequence[float], tau_pp: float,
+           replicates: int, diverged: bool = False) -> Verdict:
+    """For the late rewind: at matching levels, barriers stay <= tau for every c <= 1."""
+    if diverged:
+        return Verdict(INCONCLUSIVE, "a training run diverged; see the report for which")
+    c_max = float(T.ROBUST_UP_TO_C.value)
+    pool = [x for x in cases if x.level_matching and x.c <= c_max + 1e-12]
+    effect: dict = {"tau_pp": tau_pp, "cases": len(pool)}
+    if not pool:
+        return Verdict(INCONCLUSIVE, "no matching level of the late rewind to perturb", effect)
+    unstable_noise = [b for b in sgd_noise_barriers_pp if b > tau_pp]
+    robust = [x.barrier_pp <= tau_pp for x in pool]
+    share = sum(robust) / len(robust)
+    effect.update(robust_share=share, max_barrier_pp=max(x.barrier_pp for x in pool),
+                  sgd_noise_max_pp=max(sgd_noise_barriers_pp, default=float("nan")))
+    note = _replicates_note(replicates)
+    if note:
+        return Verdict(INCONCLUSIVE, note, effect)
+    if unstable_noise:
+        return Verdict(INCONCLUSIVE, f"the late rewind is not even stable to SGD noise ({len(unstable_noise)} "
+                       f"control barrier(s) > {tau_pp:g} pp): premise of the claim not met", effect)
+    verdict = PASS if share >= T.ROBUST_SHARE.value else FAIL
+    return Verdict(verdict, f"{sum(robust)}/{len(robust)} perturbations with c <= {c_max:g} stay within "
+                   f"{tau_pp:g} pp (max {effect['max_barrier_pp']:.2f} pp)", effect)
+
+
+def p_max(results: Sequence[tuple[float, bool, float]], tau_pp: float) -> float:
+    """Largest p whose one-shot result is matching and linearly connected; 0 when none.
+
+    `results`: (p, matching, barrier_pp to w_L) for each grid point.
+    """
+    ok = [p for p, matching, barrier in results if matching and barrier <= tau_pp]
+    return max(ok, default=0.0)
+
+
+def claim3a(top_eigenvalues: Sequence[float], p_max_values: Sequence[float]) -> Verdict:
+    """Sharper solutions have smaller p_max: Spearman rho < 0, one-sided p < 0.05."""
+    x, y = np.asarray(top_eigenvalues, float), np.asarray(p_max_values, float)
+    if x.size < 3:
+        return Verdict(INCONCLUSIVE, f"only {x.size} levels measured; 3 needed for a rank correlation")
+    if np.unique(y).size < 2 or np.unique(x).size < 2:
+        return Verdict(INCONCLUSIVE, f"p_max does not vary across levels (all {y[0]:g}): the grid cannot discriminate",
+                       {"points": int(x.size)})
+    res = stats.spearmanr(x, y, alternative="less")
+    rho, pval = float(res.statistic), float(res.pvalue)
+    effect = {"spearman_rho": rho, "p_value_one_sided": pval, "points": int(x.size)}
+    if rho >= 0:
+        return Verdict(FAIL, f"rank correlation of sharpness and p_max is {rho:+.2f} (>= 0)", effect)
+    if pval < T.SIGNIFICANCE.value:
+        return Verdict(PASS, f"rank correlation {rho:+.2f} (one-sided p = {pval:.3f})", effect)
+    return Verdict(INCONCLUSIVE, f"rank correlation {rho:+.2f} is negative but not significant (p = {pval:.2f})", effect)
+
+
+def claim3b(predicted: Sequence[float], measured: Sequence[float], grid: Sequence[float]) -> Verdict:
+    """Predicted p* and measured p_max (random pruning) agree within the tolerance at >= 90% of levels."""
+    pred, meas = np.asarray(predicted, float), np.asarray(measured, float)
+    if pred.size == 0:
+        return Verdict(INCONCLUSIVE, "no level measured")
+    tol = float(T.P_STAR_TOLERANCE.value)
+    diff = np.abs(pred - meas)
+    share = float((diff <= tol + 1e-12).mean())
+    effect = {"mean_abs_difference": float(diff.mean()), "agreeing_share": share, "levels": int(pred.size),
+              "tolerance": tol}
+    saturated = np.all(pred == max(grid)) and np.all(meas == max(grid))
+    if saturated:
+        return Verdict(INCONCLUSIVE, "predicted and measured limits both sit at the end of the grid", effect)
+    verdict = PASS if share >= T.AGREEMENT_RATE.value else FAIL
+    return Verdict(verdict, f"|p* - p_max| <= {tol:g} at {share:.0%} of levels (mean {diff.mean():.2f})", effect)
+
+
+def claim3c(magnitude_rayleigh: Sequence[float], random_rayleigh: Sequence[float]) -> Verdict:
+    """The magnitude-pruning direction is flatter than a random pruning direction of the same fraction."""
+    m, r = np.asarray(magnitude_rayleigh, float), np.asarray(random_rayleigh, float)
+    if m.size == 0:
+        return Verdict(INCONCLUSIVE, "no level measured")
+    ratio = m / np.where(r == 0, np.nan, r)
+    flatter = float(np.nanmean(ratio < T.FLATNESS_RATIO_MAX.value))
+    effect = {"median_ratio": float(np.nanmedian(ratio)), "flatter_share": flatter, "levels": int(m.size)}
+    verdict = PASS if flatter >= T.AGREEMENT_RATE.value else FAIL
+    return Verdict(verdict, f"magnitude direction flatter than random at {flatter:.0%} of levels "
+                   f"(median curvature ratio {effect['median_ratio']:.2f})", effect)
+
+
+def claim3d(imp_matching: bool, oneshot_matching: bool, density: float) -> Verdict:
+    """One-shot pruning straight to a high sparsity fails where 20% steps succeed."""
+    effect = {"density": density, "imp_matching": imp_matching, "oneshot_matching": oneshot_matching}
+    if not imp_matching:
+        return Verdict(INCONCLUSIVE, f"IMP itself is not matching at {density:.1%} density", effect)
+    if oneshot_matching:
+        return Verdict(FAIL, f"one-shot pruning to {density:.1%} is matching too", effect)
+    return Verdict(PASS, f"IMP matches at {density:.1%} density, one-shot pruning there does not", effect)
+
+
+def claim4(chain_error_rise_pp: float, imp_error_gap_pp: float, chain_length_growth: float,
+           imp_length_growth: float) -> Verdict:
+    """Without retraining, projected error and projection length grow faster than with IMP's retraining."""
+    margin = float(T.CHAIN_ERROR_MARGIN_PP.value)
+    excess = chain_error_rise_pp - imp_error_gap_pp
+    effect = {"chain_error_rise_pp": chain_error_rise_pp, "imp_error_gap_pp": imp_error_gap_pp,
+              "excess_pp": excess, "chain_length_growth": chain_length_growth,
+              "imp_length_growth": imp_length_growth}
+    if excess < 0 or chain_length_growth <= imp_length_growth:
+        what = "error" if excess < 0 else "projection length"
+        return Verdict(FAIL, f"without retraining the projected {what} grows no faster than with IMP", effect)
+    if excess >= margin:
+        return Verdict(PASS, f"without retraining the projected error rises {excess:.2f} pp more than IMP's "
+                       f"and the projection length grows x{chain_length_growth:.2f} vs x{imp_length_growth:.2f}",
+                       effect)
+    return Verdict(INCONCLUSIVE, f"the chain's extra error rise {excess:.2f} pp is below the {margin:g} pp margin",
+                   effect)
