@@ -94,12 +94,19 @@ class Entry:
         record = {"kind": self.kind, "key": self.key, "schema": SCHEMA_VERSION, "config": self.key_dict}
         if cfg_path.exists():
             stored = self.read_json("config.json")
+            if not isinstance(stored, dict):
+                raise self._corrupt("config.json is not a JSON object")
             if stored.get("schema") != SCHEMA_VERSION or stored.get("config") != json.loads(json.dumps(self.key_dict)):
                 raise CacheError(f"cache entry {self.path} was written by an incompatible configuration or version "
                                  f"(schema {stored.get('schema')}, expected {SCHEMA_VERSION}); delete it to recompute")
         else:
             atomic_write_json(cfg_path, {**record, "lth_checks": __version__, "torch": torch.__version__})
         self._checked = True
+
+    def _verify(self) -> None:
+        """Before reading a result, check an existing config.json once (never reuse a foreign entry)."""
+        if not self._checked and (self.path / "config.json").exists():
+            self.ensure()
 
     # ---- JSON
     def has_json(self, name: str) -> bool:
@@ -110,6 +117,8 @@ class Entry:
         atomic_write_json(self.path / name, obj)
 
     def read_json(self, name: str) -> Any:
+        if name != "config.json":
+            self._verify()
         try:
             return json.loads((self.path / name).read_text())
         except FileNotFoundError:
@@ -140,6 +149,7 @@ class Entry:
 
     def read_tensors(self, name: str, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Tensors and metadata, after checking the file against its recorded checksum."""
+        self._verify()
         path = self.path / f"{name}.safetensors"
         if not self.has_tensors(name):
             raise CacheError(f"cache entry {self.path} has no finished {name}; run the experiment first")

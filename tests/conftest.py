@@ -1,0 +1,62 @@
+"""Shared fixtures for the core tests: a tiny IMP configuration and a cache in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lth_checks.config import IMPConfig, override
+from lth_checks.recipes import recipe_config
+from lth_checks.store import Store
+
+# The suite runs with `pytest -n 2` on small CPU machines: one intra-op thread per worker avoids
+# oversubscription (tiny matmuls with several OpenMP threads per process get many times slower).
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# A few seconds of CPU in all: 60 iterations per level, rewind to iteration 5, levels 0..2.
+TINY_SETTINGS = ("train.iterations=60", "train.milestones=30,45")
+TINY_REWIND = 5
+
+
+def tiny_imp_config(levels: int = 2, rewind_iteration: int = TINY_REWIND, extra: tuple[str, ...] = ()) -> IMPConfig:
+    """The smoke recipe shortened to 60 iterations (milestones 30 and 45)."""
+    return override(recipe_config("smoke", levels=levels, rewind_iteration=rewind_iteration),
+                    [*TINY_SETTINGS, *extra])
+
+
+@pytest.fixture
+def tiny_config() -> IMPConfig:
+    return tiny_imp_config()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """An empty experiment cache under the test's temporary folder."""
+    return Store(tmp_path / "cache")
+
+
+def cli_env() -> dict[str, str]:
+    """Environment for `python -m lth_checks.cli` subprocesses: one thread, no inherited cache dir."""
+    env = dict(os.environ)
+    env.pop("LTH_CHECKS_CACHE_DIR", None)
+    env["OMP_NUM_THREADS"] = "1"
+    env["MKL_NUM_THREADS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lth_checks.cli", *args]
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the command line in a fresh interpreter and capture its output."""
+    return subprocess.run(cli_command(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True,
+                          timeout=timeout)
