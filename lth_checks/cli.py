@@ -13,7 +13,7 @@ from .config import IMPConfig, canonical_json, override, to_dict
 from .errors import ConfigError
 from .errors import LthError
 from .imp import Experiment, LevelResult
-from .recipes import RECIPES, get_recipe, recipe_config
+from .recipes import RECIPES, apply_cpu_threads, get_recipe, recipe_config
 from .store import Store
 
 
@@ -40,6 +40,7 @@ def config_from_args(args: argparse.Namespace) -> IMPConfig:
 
 
 def experiment_from_args(args: argparse.Namespace, progress: bool = True) -> Experiment:
+    apply_cpu_threads([args.recipe], args.device)
     return Experiment(config_from_args(args), store=Store(args.cache_dir), device=args.device,
                       data_root=args.data_root, progress=progress, log=_log)
 
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points", type=int, default=11, help="grid points on each linear path (>= 11; 30 at paper scale)")
     p.add_argument("--bn-mode", default="reestimate", help="batch norm along paths: reestimate or interpolate")
     p.add_argument("--hessian-examples", type=int, default=4096, help="fixed training subset for the Hessian")
-    p.add_argument("--hessian-k", type=int, default=20, help="top eigenvalues computed by Lanczos")
+    p.add_argument("--hessian-k", type=int, default=100, help="top eigenvalues computed by Lanczos")
     p.set_defaults(func=cmd_measure)
     return parser
 

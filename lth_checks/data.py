@@ -148,6 +148,9 @@ def load_dataset(
     then); files already present are never re-fetched. Repeated loads in one process are
     served from a small in-memory cache (see :func:`clear_cache`).
     """
+    if name == "imagenet":
+        raise DataError("lth-checks has no ImageNet reader yet, so the imagenet_resnet50 recipe is listed for its "
+                        "published settings only; use a CIFAR-10 or MNIST recipe")
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}: valid names are {', '.join(DATASETS)}")
     device_key = str(torch.device(device))

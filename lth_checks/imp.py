@@ -168,7 +168,12 @@ class Experiment:
         return n
 
     def result(self, level: int) -> LevelResult:
-        return LevelResult(**self.entry.read_json(self._name(level, "metrics.json")))
+        name = self._name(level, "metrics.json")
+        try:
+            return LevelResult(**self.entry.read_json(name))
+        except TypeError:
+            raise CacheError(f"cache entry {self.entry.path} has a {name} of another layout; "
+                             "delete that directory to recompute it") from None
 
     def mask(self, level: int) -> Mask:
         """m_L: dense at level 0; otherwise pruned from the level-(L-1) solution (and stored)."""

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 import pytest
 
 from .evidence import PLANS, SCALES, ClaimContext
-from .recipes import RECIPES, get_recipe
+from .recipes import RECIPES, apply_cpu_threads, get_recipe
 
 OUTCOME_PROPERTY = "lth_outcome"
 INCONCLUSIVE_PREFIX = "INCONCLUSIVE: "
@@ -36,6 +36,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--rewind", action="append", type=int, default=[], help="rewind iterations (default: the recipe's)")
     g.addoption("--replicates", type=int, help="seeds per configuration (default: the scale's)")
     g.addoption("--levels", type=int, help="last IMP level (default: the scale's)")
+    g.addoption("--set", dest="lth_set", action="append", default=[], metavar="KEY=VALUE",
+                help="override a setting of every recipe, e.g. --set train.precision=bf16 (changes the cache key)")
     g.addoption("--data-root", default=os.environ.get("LTH_CHECKS_DATA_ROOT"), help="dataset folder")
     g.addoption("--cache-dir", default=None, help="experiment cache (default $LTH_CHECKS_CACHE_DIR or ./.lth-cache)")
     g.addoption("--report-dir", default="reports", help="where reports/<run-id>/ is written")
@@ -64,9 +66,11 @@ def pytest_configure(config: pytest.Config) -> None:
     opt = config.option
     for name in opt.recipe:
         get_recipe(name)  # unknown recipe: one-line error listing the valid ones
+    apply_cpu_threads(opt.recipe or PLANS[opt.scale].recipes, opt.device)
     config.stash[_context_key] = ClaimContext(
         scale=opt.scale, recipes=tuple(opt.recipe), rewinds=tuple(opt.rewind), replicates=opt.replicates,
-        levels=opt.levels, device=_worker_device(opt.device), data_root=opt.data_root, cache_dir=opt.cache_dir,
+        levels=opt.levels, overrides=tuple(opt.lth_set), device=_worker_device(opt.device),
+        data_root=opt.data_root, cache_dir=opt.cache_dir,
         cache_only=opt.cache_only, log=lambda msg: print(f"[lth] {msg}", file=sys.stderr, flush=True))
     _session_outcomes.clear()
     config.stash[_started_key] = time.perf_counter()
@@ -169,7 +173,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     wall = time.perf_counter() - config.stash[_started_key]
     options = {"scale": ctx.scale, "recipes": list(ctx.recipe_names()), "replicates": ctx.n_replicates(),
                "levels": ctx.last_level(), "rewinds": {r: list(ctx.rewinds_for(r)) for r in ctx.recipe_names()},
-               "cache_dir": ctx.cache_dir, "cache_only": ctx.cache_only, "plan": PLANS[ctx.scale].__dict__}
+               "overrides": list(ctx.overrides), "cache_dir": ctx.cache_dir, "cache_only": ctx.cache_only, "plan": PLANS[ctx.scale].__dict__}
     meta = run_metadata(scale=ctx.scale, options=options, device=_resolved_device(ctx.device), wall_time_s=wall,
                         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     outcomes = sorted(_session_outcomes, key=lambda o: (o["claim"], o["recipe"]))

@@ -163,7 +163,11 @@ def train(model: nn.Module, mask: Mapping[str, torch.Tensor], split: Split, cfg:
             if on_progress is not None:
                 on_progress(done)
         if due_checkpoint:
-            on_checkpoint(Checkpoint(done, clone_state(model), momentum_state(model, opt)))
+            state = clone_state(model)
+            if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
+                raise DivergenceError(f"{label} diverged: non-finite weights at iteration {done}; "
+                                      "lower train.lr or use precision fp32, then run again")
+            on_checkpoint(Checkpoint(done, state, momentum_state(model, opt)))
 
 
 def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:

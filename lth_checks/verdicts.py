@@ -53,10 +53,18 @@ def tau_sweep(rule: Callable[[float], Verdict]) -> dict[str, str]:
     return {f"{tau:g}": rule(tau).verdict for tau in T.TAU_SWEEP_PP.value}
 
 
-def _replicates_note(replicates: int) -> str | None:
+def replicates_note(replicates: int) -> str | None:
     if replicates < T.MIN_REPLICATES.value:
         return f"only {replicates} replicate(s), {T.MIN_REPLICATES.value} needed to estimate the dense error's spread"
     return None
+
+
+def with_replicates(verdict: Verdict, replicates: int) -> Verdict:
+    """Demote a PASS or FAIL to INCONCLUSIVE when too few replicates stand behind it."""
+    note = replicates_note(replicates)
+    if note and verdict.verdict != INCONCLUSIVE:
+        return Verdict(INCONCLUSIVE, f"{note}; measured: {verdict.summary}", verdict.effect)
+    return verdict
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ def claim1(pairs: Sequence[LevelPair], tau_pp: float, replicates: int, diverged:
     rate = sum(agree) / len(agree)
     effect = {"agreement": rate, "pairs": len(pool), "matching_pairs": n_match,
               "non_matching_pairs": len(pool) - n_match, "tau_pp": tau_pp}
-    note = _replicates_note(replicates)
+    note = replicates_note(replicates)
     if note:
         return Verdict(INCONCLUSIVE, note, effect)
     if n_match in (0, len(pool)):
@@ -118,7 +126,7 @@ def claim2(cases: Sequence[PerturbationCase], sgd_noise_barriers_pp: Sequence[fl
     share = sum(robust) / len(robust)
     effect.update(robust_share=share, max_barrier_pp=max(x.barrier_pp for x in pool),
                   sgd_noise_max_pp=max(sgd_noise_barriers_pp, default=float("nan")))
-    note = _replicates_note(replicates)
+    note = replicates_note(replicates)
     if note:
         return Verdict(INCONCLUSIVE, note, effect)
     if unstable_noise:

@@ -60,3 +60,11 @@ def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.Completed
     """Run the command line in a fresh interpreter and capture its output."""
     return subprocess.run(cli_command(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture
+def tiny_experiment(tiny_config: IMPConfig, store: Store):
+    """An Experiment of the tiny configuration in a fresh cache (levels trained on demand)."""
+    from lth_checks.imp import Experiment
+
+    return Experiment(tiny_config, store=store, device="cpu")

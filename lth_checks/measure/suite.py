@@ -27,7 +27,7 @@ class MeasureSettings:
 
     path: PathSettings = field(default_factory=PathSettings)
     hessian_examples: int = 4096  # fixed training subset for curvature (CLAIMS.md: >= 4,096)
-    hessian_k: int = 20  # top eigenvalues by Lanczos
+    hessian_k: int = 100  # top eigenvalues by Lanczos (CLAIMS.md: k ~ 100 or more for the theory)
     trace_samples: int = 30  # Hutchinson probes
     theory_eps: float = 0.1  # loss tolerance (nats) of the sublevel set in the quadratic model (ours)
     p_grid: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 0.9)

@@ -1,0 +1,478 @@
+"""Several models of one architecture trained or evaluated together, in one pass per step.
+
+R replicas (different seeds, data orders, perturbations or masks) keep their weights and
+buffers stacked along a leading dimension. Two ways of running the forward and backward pass:
+
+* ``"vmap"``: ``torch.func.functional_call`` under ``torch.func.vmap``. A convolution with
+  batched weights becomes one grouped convolution, a linear layer one batched matmul, so a step
+  costs one set of large kernels instead of R sets of small ones: the fast path on a GPU, where
+  a CIFAR ResNet step at batch 128 is bound by kernel launches. On a CPU grouped convolutions
+  are slow, and the sums run in a different order (results agree to ~1e-6, not bitwise).
+* ``"loop"``: the replicas run one after another on views of the stacked tensors, with the
+  very kernels a single training uses: bitwise identical to one-at-a-time training. Only data
+  gathering, the optimizer step, masking and the divergence check are batched.
+* ``"auto"`` (default): vmap on CUDA, loop elsewhere.
+
+Semantics are those of :func:`lth_checks.training.train`, replica by replica:
+
+* replica r sees ``BatchStream(split, cfg.batch_size, data_seeds[r], augment)``: the same
+  batches, in the same order, with the same augmentation as a run of its own;
+* the learning rate of step t is ``cfg.lr_at(t)``; a fresh SGD state starts at ``start``;
+* SGD with momentum, dampening 0, optional Nesterov and L2 weight decay is written out with
+  ``torch._foreach_*`` ops on the stacked tensors, in the order of operations of
+  ``torch.optim.SGD``'s foreach implementation (weight decay added to the gradient, momentum
+  buffer initialised to a copy of the first gradient, then ``buf = momentum * buf + grad``):
+  elementwise, so the update itself is bitwise that of torch.optim.SGD;
+* every replica has its own mask: gradients of pruned weights are zeroed before the update and
+  the weights re-zeroed after it, so pruned weights stay exactly zero;
+* batch norm in train mode normalises with each replica's own batch statistics and updates each
+  replica's own running statistics: the running-stat buffers are stacked like the weights and
+  vmap's batch-norm rule folds the replica dimension into the channel dimension, so the
+  in-place running-average update lands in the right replica (``replace_all_batch_norm_modules_``
+  is *not* used: it stops tracking statistics);
+* a non-finite loss is recorded per replica on the device (no host synchronisation inside the
+  step loop) and read back every ``DIVERGENCE_CHECK_EVERY`` steps and at the end, raising
+  ``ReplicaDivergenceError`` (a ``DivergenceError``) naming the replica and its first bad
+  iteration.
+
+Evaluation: :func:`evaluate_replicas` gives :func:`training.evaluate`'s error and loss for every
+replica in one pass over the data; :func:`evaluate_path_batched` evaluates a whole grid of
+interpolation points as replicas, with batch-norm statistics either interpolated or re-estimated
+per grid point exactly as :func:`measure.connectivity.evaluate_path` does.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+from torch.nn import functional as F
+
+from .config import TrainConfig
+from .data import Split
+from .errors import ConfigError, DivergenceError
+from .training import DIVERGENCE_CHECK_EVERY, BatchStream, EvalResult, autocast, random_crop_flip
+
+State = dict[str, torch.Tensor]
+ModelOrFactory = nn.Module | Callable[[], nn.Module]
+EXECUTIONS = ("auto", "vmap", "loop")
+
+__all__ = [
+    "EXECUTIONS",
+    "ReplicaDivergenceError",
+    "evaluate_path_batched",
+    "evaluate_replicas",
+    "reestimate_batchnorm_stacked",
+    "resolve_execution",
+    "stack_states",
+    "train_replicas",
+    "unstack_state",
+]
+
+
+class ReplicaDivergenceError(DivergenceError):
+    """A replica produced a non-finite loss; ``replica`` and ``iteration`` name the first one.
+
+    ``first_bad`` lists, per replica, the first non-finite iteration (-1 where none was seen).
+    """
+
+    def __init__(self, message: str, replica: int, iteration: int, first_bad: list[int]):
+        super().__init__(message)
+        self.replica, self.iteration, self.first_bad = replica, iteration, first_bad
+
+
+def resolve_execution(execution: str, device: torch.device) -> str:
+    """'auto' -> 'vmap' on CUDA, 'loop' elsewhere; anything else is checked and passed through."""
+    if execution not in EXECUTIONS:
+        raise ConfigError(f"unknown replica execution {execution!r}; valid choices: {', '.join(EXECUTIONS)}")
+    if execution == "auto":
+        return "vmap" if device.type == "cuda" else "loop"
+    return execution
+
+
+# ----------------------------------------------------------------------------- stacking
+
+def _template(model: ModelOrFactory) -> nn.Module:
+    """The architecture (the module structure whose forward is called) of `model`."""
+    return model if isinstance(model, nn.Module) else model()
+
+
+def _device_of(module: nn.Module, states: Sequence[Mapping[str, torch.Tensor]]) -> torch.device:
+    """The template's device, or the first state's when the template has no real tensors."""
+    for p in module.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return next(iter(states[0].values())).device
+
+
+def stack_states(template: nn.Module, states: Sequence[Mapping[str, torch.Tensor]],
+                 device: torch.device) -> tuple[State, State]:
+    """(params, buffers) under `template`'s names, each stacked over the replicas along dim 0."""
+    if not states:
+        raise ConfigError("need at least one replica state")
+    param_names = [n for n, _ in template.named_parameters()]
+    buffer_names = [n for n, _ in template.named_buffers()]
+    for r, s in enumerate(states):
+        missing = [n for n in (*param_names, *buffer_names) if n not in s]
+        if missing:
+            raise ConfigError(f"replica {r}'s state lacks {missing[0]!r} ({len(missing)} entries missing): "
+                              "pass full state_dicts of the template's architecture")
+
+    def stack(name: str) -> torch.Tensor:
+        return torch.stack([s[name].detach().to(device) for s in states]).contiguous()
+
+    return {n: stack(n) for n in param_names}, {n: stack(n) for n in buffer_names}
+
+
+def unstack_state(template: nn.Module, params: State, buffers: State, r: int) -> State:
+    """Replica r's state_dict (in `template.state_dict()`'s key order), as detached copies."""
+    out: State = {}
+    for name in template.state_dict():
+        src = params[name] if name in params else buffers[name]
+        out[name] = src[r].detach().clone()
+    return out
+
+
+def _meta_copy(template: nn.Module) -> nn.Module:
+    """A weightless copy of the architecture for functional_call (every tensor is supplied).
+
+    A compiled template (nn.Module.compile) would carry its compiled call, bound to the original
+    module, into the copy: the copy runs eagerly instead.
+    """
+    fmodel = copy.deepcopy(template).to("meta")
+    for m in fmodel.modules():
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            m._compiled_call_impl = None
+    return fmodel
+
+
+def _stacked_masks(masks: Sequence[Mapping[str, torch.Tensor]], params: State) -> tuple[list[str], list[torch.Tensor]]:
+    """Names of the masked parameters and, for each, the (R, ...) float mask (ones where a replica has none)."""
+    names: list[str] = []
+    for m in masks:
+        for n in m:
+            if n not in params:
+                raise ConfigError(f"mask entry {n!r} is not a parameter of the model")
+            if n not in names:
+                names.append(n)
+    values = []
+    for n in names:
+        p = params[n]
+        per = []
+        for r, m in enumerate(masks):
+            if n in m:
+                if tuple(m[n].shape) != tuple(p.shape[1:]):
+                    raise ConfigError(f"replica {r}'s mask for {n!r} has shape {tuple(m[n].shape)}, "
+                                      f"the weight has {tuple(p.shape[1:])}")
+                per.append(m[n].to(device=p.device, dtype=p.dtype))
+            else:
+                per.append(torch.ones(p.shape[1:], device=p.device, dtype=p.dtype))
+        values.append(torch.stack(per))
+    return names, values
+
+
+def _over_replicas(fn: Callable[..., torch.Tensor], execution: str, batched_x: bool) -> Callable[..., torch.Tensor]:
+    """fn(params, buffers, *data) of one replica -> the same over stacked params/buffers, stacked output.
+
+    Data arguments carry the replica dimension first when `batched_x`, else are shared.
+    """
+    data_dim = 0 if batched_x else None
+    if execution == "vmap":
+        def mapped(p: State, b: State, *data: torch.Tensor) -> torch.Tensor:
+            return vmap(fn, in_dims=(0, 0, *([data_dim] * len(data))))(p, b, *data)
+        return mapped
+
+    def looped(p: State, b: State, *data: torch.Tensor) -> torch.Tensor:
+        # unbind: one view per replica; its backward stacks the replicas' gradients in one go, and
+        # in-place buffer updates (batch-norm running statistics) land in the stacked buffers.
+        views_p = {n: v.unbind(0) for n, v in p.items()}
+        views_b = {n: v.unbind(0) for n, v in b.items()}
+        r_count = next(iter(p.values())).shape[0]
+        outs = []
+        for r in range(r_count):
+            args = [d[r] for d in data] if batched_x else list(data)
+            outs.append(fn({n: v[r] for n, v in views_p.items()}, {n: v[r] for n, v in views_b.items()}, *args))
+        return torch.stack(outs)
+    return looped
+
+
+# ----------------------------------------------------------------------------- data
+
+class _ReplicaBatches:
+    """The batches of R BatchStreams for one iteration, gathered and augmented in one go.
+
+    Replica r's batch is bitwise the one its ``BatchStream.batch`` returns: the permutation and
+    augmentation plan are the stream's own, and gathering and per-image crops do not depend on
+    which other images share the call.
+    """
+
+    def __init__(self, split: Split, batch_size: int, seeds: Sequence[int], augment: bool):
+        self.split, self.augment, self.batch_size = split, augment, batch_size
+        self.streams = [BatchStream(split, batch_size, s, augment) for s in seeds]
+        self.steps_per_epoch = self.streams[0].steps_per_epoch
+        # The vectorised gather reads the stream's epoch plan (private attributes of BatchStream);
+        # fall back to one call per stream if BatchStream ever stops keeping it there.
+        self._vectorised = all(hasattr(s, a) for s in self.streams for a in ("_plan", "_epoch"))
+
+    def batch(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self._vectorised:
+            xs, ys = zip(*(s.batch(iteration) for s in self.streams))
+            return torch.stack(xs), torch.stack(ys)
+        epoch, step = divmod(iteration, self.steps_per_epoch)
+        sl = slice(step * self.batch_size, (step + 1) * self.batch_size)
+        idx, offsets, flips = [], [], []
+        for s in self.streams:
+            if s._epoch != epoch:
+                s._plan(epoch)
+            idx.append(s._perm[sl])
+            if self.augment:
+                offsets.append(s._offsets[sl])
+                flips.append(s._flips[sl])
+        index = torch.cat(idx)
+        x, y = self.split.inputs[index], self.split.targets[index]
+        if self.augment:
+            x = random_crop_flip(x, torch.cat(offsets), torch.cat(flips), BatchStream.PAD)
+        r = len(self.streams)
+        return x.view(r, self.batch_size, *x.shape[1:]), y.view(r, self.batch_size)
+
+
+# ----------------------------------------------------------------------------- training
+
+def _sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor] | None,
+              cfg: TrainConfig, lr: float) -> list[torch.Tensor] | None:
+    """torch.optim.SGD's foreach step (dampening 0, no maximize) on stacked tensors; returns the buffers."""
+    if cfg.weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=cfg.weight_decay)
+    if cfg.momentum != 0:
+        if bufs is None:
+            bufs = [g.detach().clone() for g in grads]
+        else:
+            torch._foreach_mul_(bufs, cfg.momentum)
+            torch._foreach_add_(bufs, grads, alpha=1.0)
+        if cfg.nesterov:
+            torch._foreach_add_(grads, bufs, alpha=cfg.momentum)
+        else:
+            grads = bufs
+    torch._foreach_add_(params, grads, alpha=-lr)
+    return bufs
+
+
+def train_replicas(model: ModelOrFactory, states: Sequence[Mapping[str, torch.Tensor]],
+                   masks: Sequence[Mapping[str, torch.Tensor]], split: Split, cfg: TrainConfig, *,
+                   start: int, end: int, data_seeds: Sequence[int], augment: bool, execution: str = "auto",
+                   on_progress: Callable[[int], None] | None = None, label: str = "replicas",
+                   momentum_out: list[State] | None = None) -> list[State]:
+    """Train R replicas of `model`'s architecture together from iteration `start` to `end`.
+
+    `model` is a module (or a factory returning one) that fixes the architecture and the device;
+    its own weights are neither used nor changed. `states[r]` is replica r's full state_dict
+    (weights and batch-norm buffers), `masks[r]` its mask (name -> bool tensor; an empty dict
+    trains dense), `data_seeds[r]` its data order. Returns the R trained state_dicts, in
+    `model.state_dict()`'s key order, on the model's device. `execution`: "auto", "vmap" or
+    "loop" (see the module docstring). With `momentum_out` (a list), each replica's final
+    momentum buffers (name -> tensor) are appended to it. Raises ReplicaDivergenceError naming
+    the first replica with a non-finite loss and its iteration.
+    """
+    r_count = len(states)
+    if r_count == 0 or not (len(masks) == len(data_seeds) == r_count):
+        raise ConfigError(f"train_replicas needs as many masks and data seeds as states (at least one), got "
+                          f"{r_count} states, {len(masks)} masks and {len(data_seeds)} data seeds")
+    if not 0 <= start <= end:
+        raise ConfigError(f"train_replicas needs 0 <= start <= end, got start {start}, end {end}")
+    template = _template(model)
+    device = _device_of(template, states)
+    execution = resolve_execution(execution, device)
+    params, buffers = stack_states(template, states, device)
+    names = list(params)
+    plist = [params[n].requires_grad_(True) for n in names]
+    mask_names, mask_values = _stacked_masks(masks, params)
+    masked = [params[n] for n in mask_names]
+    data = _ReplicaBatches(split, cfg.batch_size, data_seeds, augment)
+    fmodel = _meta_copy(template).train()
+
+    def replica_loss(p: State, b: State, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(fmodel, (p, b), (x,)), y)
+
+    losses_of = _over_replicas(replica_loss, execution, batched_x=True)
+    first_bad = torch.full((r_count,), -1, dtype=torch.long, device=device)
+    bufs: list[torch.Tensor] | None = None
+    with torch.no_grad():
+        torch._foreach_mul_(masked, mask_values)
+
+    def check(upto: int) -> None:
+        bad = first_bad.tolist()
+        hit = sorted((it, r) for r, it in enumerate(bad) if it >= 0)
+        if hit:
+            it, r = hit[0]
+            others = f" (replicas {sorted(r for _, r in hit)} diverged in all)" if len(hit) > 1 else ""
+            raise ReplicaDivergenceError(
+                f"{label} replica {r} diverged: non-finite loss at iteration {it} (checked up to {upto}){others}; "
+                "lower train.lr or use precision fp32, then run again", r, it, bad)
+
+    for t in range(start, end):
+        x, y = data.batch(t)
+        with autocast(device, cfg.precision):
+            losses = losses_of(params, buffers, x, y)
+        for p in plist:
+            p.grad = None
+        losses.sum().backward()  # replicas do not interact: d(sum)/d(theta_r) = d(loss_r)/d(theta_r)
+        with torch.no_grad():
+            torch._foreach_mul_([params[n].grad for n in mask_names], mask_values)
+            bufs = _sgd_step(plist, [p.grad for p in plist], bufs, cfg, cfg.lr_at(t))
+            torch._foreach_mul_(masked, mask_values)
+            first_bad.masked_fill_(~torch.isfinite(losses.detach()) & (first_bad < 0), t)
+        done = t + 1
+        if done % DIVERGENCE_CHECK_EVERY == 0 or done == end:
+            check(done)
+            if on_progress is not None:
+                on_progress(done)
+    for p in plist:
+        p.grad = None
+        p.requires_grad_(False)
+    if momentum_out is not None and bufs is not None:
+        for r in range(r_count):
+            momentum_out.append({n: b[r].detach().clone() for n, b in zip(names, bufs)})
+    return [unstack_state(template, params, buffers, r) for r in range(r_count)]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def _chunks(n: int, size: int | None) -> list[range]:
+    size = n if not size or size <= 0 else size
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def _evaluate_stacked(fmodel: nn.Module, params: State, buffers: State, split: Split, batch_size: int,
+                      precision: str, device: torch.device, execution: str) -> list[EvalResult]:
+    """training.evaluate for each stacked replica: one pass over `split`, one host sync at the end."""
+    r_count = next(iter(params.values())).shape[0]
+    was_training = fmodel.training
+    fmodel.eval()
+
+    def replica_logits(p: State, b: State, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(fmodel, (p, b), (x,))
+
+    logits_of = _over_replicas(replica_logits, execution, batched_x=False)
+    wrong = torch.zeros(r_count, device=device)
+    loss_sum = torch.zeros(r_count, device=device, dtype=torch.float64)
+    for i in range(0, len(split), batch_size):
+        x, y = split.inputs[i:i + batch_size], split.targets[i:i + batch_size]
+        with autocast(device, precision):
+            logits = logits_of(params, buffers, x)  # (R, B, classes)
+        logits32 = logits.float()
+        loss_sum += torch.stack([F.cross_entropy(logits32[r], y, reduction="sum") for r in range(r_count)]).double()
+        wrong += (logits.argmax(2) != y).sum(1)
+    fmodel.train(was_training)
+    n = len(split)
+    return [EvalResult(error=w / n, loss=s / n) for w, s in zip(wrong.tolist(), loss_sum.tolist())]
+
+
+def evaluate_replicas(model: ModelOrFactory, states: Sequence[Mapping[str, torch.Tensor]], split: Split,
+                      batch_size: int = 1000, precision: str = "fp32", *, execution: str = "auto",
+                      max_replicas: int | None = None) -> list[EvalResult]:
+    """`training.evaluate` (eval mode, top-1 error, mean cross-entropy) of every state, batched.
+
+    At most `max_replicas` states share a pass (all of them by default); memory grows with
+    `max_replicas * batch_size`.
+    """
+    template = _template(model)
+    device = _device_of(template, states)
+    execution = resolve_execution(execution, device)
+    fmodel = _meta_copy(template)
+    out: list[EvalResult] = []
+    for chunk in _chunks(len(states), max_replicas):
+        params, buffers = stack_states(template, [states[i] for i in chunk], device)
+        out += _evaluate_stacked(fmodel, params, buffers, split, batch_size, precision, device, execution)
+    return out
+
+
+def _batchnorms(module: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    """(buffer-name prefix, module) of every batch-norm layer that tracks running statistics."""
+    return [(f"{name}." if name else "", m) for name, m in module.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def reestimate_batchnorm_stacked(fmodel: nn.Module, params: State, buffers: State, split: Split,
+                                 batch_size: int = 500, precision: str = "fp32", execution: str = "auto") -> None:
+    """`connectivity.reestimate_batchnorm` for every stacked replica at once (buffers updated in place).
+
+    The cumulative average of `momentum=None` (factor 1/k at the k-th batch) is applied by
+    setting each BN module's momentum to 1/k before the k-th batch: under vmap a module cannot
+    read its batched batch counter back as a Python number, and every replica has seen the same
+    number of batches anyway. `fmodel` is the (meta) architecture used with functional_call.
+    """
+    bns = _batchnorms(fmodel)
+    if not bns:
+        return
+    for prefix, _ in bns:
+        buffers[f"{prefix}running_mean"].zero_()
+        buffers[f"{prefix}running_var"].fill_(1)
+        if f"{prefix}num_batches_tracked" in buffers:
+            buffers[f"{prefix}num_batches_tracked"].zero_()
+    device = next(iter(params.values())).device
+    execution = resolve_execution(execution, device)
+
+    def forward(p: State, b: State, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(fmodel, (p, b), (x,))
+
+    run = _over_replicas(forward, execution, batched_x=False)
+    saved = [(m, m.momentum) for _, m in bns]
+    was_training = fmodel.training
+    fmodel.train()
+    try:
+        for k, i in enumerate(range(0, len(split), batch_size), start=1):
+            for _, m in bns:
+                m.momentum = 1.0 / float(k)
+            with autocast(device, precision):
+                run(params, buffers, split.inputs[i:i + batch_size])
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        fmodel.train(was_training)
+
+
+def evaluate_path_batched(model: nn.Module, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
+                          test: Split, train: Split, settings=None, precision: str = "fp32", *,
+                          execution: str = "auto", max_replicas: int | None = None):
+    """`measure.connectivity.evaluate_path` with the grid points evaluated as replicas.
+
+    Same grid, same interpolation (``interpolate_state``), same batch-norm handling
+    ("reestimate": running statistics reset and re-estimated per grid point on the first
+    `settings.bn_examples` examples of `train`, in batches of 500; "interpolate": interpolated
+    like the weights), same evaluation; returns the same PathResult. At most `max_replicas`
+    grid points share a pass (all by default). Like evaluate_path, `model` is left holding
+    theta(1) (with its re-estimated statistics).
+    """
+    from .measure.connectivity import PathResult, PathSettings, _has_batchnorm, interpolate_state
+
+    settings = settings if settings is not None else PathSettings()
+    alphas = settings.alphas
+    has_bn = _has_batchnorm(model)
+    reestimate = settings.bn_mode == "reestimate" and has_bn
+    bn_subset = Split(train.inputs[:settings.bn_examples], train.targets[:settings.bn_examples])
+    device = _device_of(model, [state_a])
+    execution = resolve_execution(execution, device)
+    fmodel = _meta_copy(model)
+    a, b = dict(state_a), dict(state_b)
+    curves: dict[str, list[float]] = {k: [] for k in ("test_error", "test_loss", "train_error", "train_loss")}
+    last_state: State | None = None
+    for chunk in _chunks(len(alphas), max_replicas):
+        params, buffers = stack_states(model, [interpolate_state(a, b, alphas[i]) for i in chunk], device)
+        if reestimate:
+            reestimate_batchnorm_stacked(fmodel, params, buffers, bn_subset, precision=precision, execution=execution)
+        for split_name, split in (("test", test), ("train", train)):
+            for res in _evaluate_stacked(fmodel, params, buffers, split, settings.batch_size, precision, device,
+                                         execution):
+                curves[f"{split_name}_error"].append(res.error)
+                curves[f"{split_name}_loss"].append(res.loss)
+        last_state = unstack_state(model, params, buffers, len(chunk) - 1)
+    assert last_state is not None
+    model.load_state_dict(last_state)
+    bn_mode = settings.bn_mode if has_bn else "none (no batch norm)"
+    return PathResult(alphas=alphas, bn_mode=bn_mode, settings=asdict(settings), **curves)

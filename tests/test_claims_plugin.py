@@ -1,0 +1,52 @@
+"""End to end: the claims plugin on a shortened smoke recipe writes a valid, complete report."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from lth_checks.report import validate_results
+
+from conftest import REPO_ROOT, cli_env
+
+SHORT = ["--levels", "3", "--rewind", "0", "--rewind", "5", "--set", "train.iterations=60",
+         "--set", "train.milestones=30,45"]
+
+
+def _run_claims(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "claims"), "-q", "-p", "no:cacheprovider",
+           "--cache-dir", str(tmp_path / "cache"), "--report-dir", str(tmp_path / "reports"), *SHORT, *extra]
+    return subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
+
+
+def test_claims_plugin_end_to_end(tmp_path: Path):
+    proc = _run_claims(tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode in (0, 1), out  # 1 = some claim FAILed: a result, not a crash
+    assert "lth-checks verdicts" in out
+    run_dir = (tmp_path / "reports" / "latest").resolve()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert validate_results(results) == []
+    claims = {o["claim"] for o in results["outcomes"]}
+    assert claims == {"1", "2", "3a", "3b", "3c", "3d", "4"}
+    for o in results["outcomes"]:
+        assert o["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
+        assert o["thresholds"] and o["config_hashes"]
+    # terminal categories agree with the report: FAIL fails the test, INCONCLUSIVE is its own category
+    n_fail = sum(o["verdict"] == "FAIL" for o in results["outcomes"])
+    n_inc = sum(o["verdict"] == "INCONCLUSIVE" for o in results["outcomes"])
+    assert (proc.returncode == 1) == (n_fail > 0)
+    if n_inc:
+        assert re.search(rf"{n_inc} inconclusive", out), out
+    html = (run_dir / "report.html").read_text()
+    figures = re.findall(r'href="(figures/[^"]+\.png)"', html)
+    assert figures and all((run_dir / f).exists() for f in figures)
+
+    # a second run is served from the cache (cache-only mode would fail if anything were missing)
+    again = _run_claims(tmp_path, "--cache-only")
+    assert again.returncode == proc.returncode, again.stdout + again.stderr
+    rerun = json.loads((tmp_path / "reports" / "latest" / "results.json").read_text())
+    assert [o["verdict"] for o in rerun["outcomes"]] == [o["verdict"] for o in results["outcomes"]]
