@@ -10,10 +10,9 @@ from collections.abc import Sequence
 
 from . import __version__
 from .config import IMPConfig, canonical_json, override, to_dict
-from .errors import ConfigError
-from .errors import LthError
-from .imp import Experiment, LevelResult
-from .recipes import RECIPES, apply_cpu_threads, get_recipe, recipe_config
+from .errors import ConfigError, LthError
+from .imp import Experiment, LevelResult, configure_cpu_threads
+from .recipes import RECIPES, get_recipe, recipe_config
 from .store import Store
 
 
@@ -40,7 +39,7 @@ def config_from_args(args: argparse.Namespace) -> IMPConfig:
 
 
 def experiment_from_args(args: argparse.Namespace, progress: bool = True) -> Experiment:
-    apply_cpu_threads([args.recipe], args.device)
+    configure_cpu_threads(args.device)
     return Experiment(config_from_args(args), store=Store(args.cache_dir), device=args.device,
                       data_root=args.data_root, progress=progress, log=_log)
 
@@ -132,6 +131,32 @@ def format_rows(rows: Sequence[dict]) -> str:
     return "\n".join("  ".join(x.rjust(w) for x, w in zip(row, widths)) for row in table)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild a report without training: re-render a run's results.json, or re-run the claims cache-only."""
+    from pathlib import Path
+
+    if args.rebuild:
+        from .report import rebuild
+
+        print(f"{rebuild(args.rebuild)}/report.html")
+        return 0
+    import pytest
+
+    claims = Path(args.claims_dir) if args.claims_dir else Path(__file__).resolve().parents[1] / "claims"
+    if not (claims / "conftest.py").exists():
+        raise ConfigError(f"no claims folder at {claims}; run from a checkout of lth-checks or pass --claims-dir")
+    argv = [str(claims), "-q", "-p", "no:cacheprovider", "--cache-only", "--scale", args.scale,
+            "--report-dir", args.report_dir, "--device", args.device]
+    for flag, value in (("--cache-dir", args.cache_dir), ("--data-root", args.data_root),
+                        ("--replicates", args.replicates), ("--levels", args.levels)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for name in args.recipe:
+        argv += ["--recipe", name]
+    code = int(pytest.main(argv))
+    return 0 if code in (0, 1) else code  # 1 = a claim FAILs, which the rebuilt report states
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lth-checks", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lth-checks {__version__}")
@@ -147,12 +172,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_show)
     p = sub.add_parser("measure", help="measure barriers, perturbations, curvature and weight statistics per level")
     add_experiment_options(p)
-    p.add_argument("--what", default=",".join(MEASUREMENTS), help=f"comma-separated subset of {', '.join(MEASUREMENTS)}")
+    p.add_argument("--what", default=",".join(MEASUREMENTS),
+                   help=f"comma-separated subset of {', '.join(MEASUREMENTS)}")
     p.add_argument("--points", type=int, default=11, help="grid points on each linear path (>= 11; 30 at paper scale)")
     p.add_argument("--bn-mode", default="reestimate", help="batch norm along paths: reestimate or interpolate")
     p.add_argument("--hessian-examples", type=int, default=4096, help="fixed training subset for the Hessian")
     p.add_argument("--hessian-k", type=int, default=100, help="top eigenvalues computed by Lanczos")
     p.set_defaults(func=cmd_measure)
+    p = sub.add_parser("report", help="rebuild a claims report from the cache, training nothing")
+    p.add_argument("--rebuild", metavar="RUN_DIR", help="only re-render reports/<run-id> from its results.json")
+    p.add_argument("--scale", default="smoke", help="smoke, small or paper (as the claims run used)")
+    p.add_argument("--recipe", action="append", default=[], help="recipes (default: the scale's)")
+    p.add_argument("--replicates", type=int, help="as the claims run used")
+    p.add_argument("--levels", type=int, help="as the claims run used")
+    p.add_argument("--report-dir", default="reports", help="where the new reports/<run-id>/ goes")
+    p.add_argument("--claims-dir", help="the claims folder (default: the checkout's claims/)")
+    p.add_argument("--data-root", help="dataset folder (needed to evaluate from cached states)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... for evaluations of cached states")
+    p.add_argument("--cache-dir", help="experiment cache (default $LTH_CHECKS_CACHE_DIR or ./.lth-cache)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -203,8 +203,8 @@ def claim2_series(ctx: ClaimContext, recipe: str, rewind: int) -> list[dict]:
         rows.append({**base, "kind": "sgd_noise", "c": 0.0, "barrier_pp": V.mean_ci(noise)})
         rows.append({**base, "kind": "real_pair", "c": 1.0, "barrier_pp": V.mean_ci(real), "r_L": V.mean_ci(r_l)})
         for c in T.PERTURBATION_SIZES.value:
-            bars = [_pp(PathResult.from_dict(suite.perturbation_barrier(e, level, c, ctx.settings)["path"]).barrier_test)
-                    for e in exps]
+            paths = [suite.perturbation_barrier(e, level, c, ctx.settings)["path"] for e in exps]
+            bars = [_pp(PathResult.from_dict(p).barrier_test) for p in paths]
             rows.append({**base, "kind": "perturb", "c": c, "barrier_pp": V.mean_ci(bars)})
     return rows
 
@@ -215,7 +215,8 @@ def claim2(ctx: ClaimContext, recipe: str) -> dict:
     outcome = _base("2", "SGD is robust to perturbations as large as the distance between pruned rewind points",
                     recipe, ctx, ["PERTURBATION_SIZES", "ROBUST_UP_TO_C", "ROBUST_SHARE", "BARRIER_TAU_PP",
                                   "TAU_SWEEP_PP", "MATCHING_EPS_FLOOR_PP", "MIN_REPLICATES"])
-    outcome["choices"] = outcome["choices"] + ["perturbation: Gaussian on the alive coordinates of m_L, norm c * r_L (ours)"]
+    outcome["choices"] = outcome["choices"] + [
+        "perturbation: Gaussian on the alive coordinates of m_L, norm c * r_L (ours)"]
 
     def gather() -> dict:
         rows = [row for rewind in ctx.rewinds_for(recipe) for row in claim2_series(ctx, recipe, rewind)]

@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 import pytest
 
 from .evidence import PLANS, SCALES, ClaimContext
-from .recipes import RECIPES, apply_cpu_threads, get_recipe
+from .imp import configure_cpu_threads
+from .recipes import RECIPES, get_recipe
 
 OUTCOME_PROPERTY = "lth_outcome"
 INCONCLUSIVE_PREFIX = "INCONCLUSIVE: "
@@ -66,7 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
     opt = config.option
     for name in opt.recipe:
         get_recipe(name)  # unknown recipe: one-line error listing the valid ones
-    apply_cpu_threads(opt.recipe or PLANS[opt.scale].recipes, opt.device)
+    configure_cpu_threads(opt.device)
     config.stash[_context_key] = ClaimContext(
         scale=opt.scale, recipes=tuple(opt.recipe), rewinds=tuple(opt.rewind), replicates=opt.replicates,
         levels=opt.levels, overrides=tuple(opt.lth_set), device=_worker_device(opt.device),
@@ -173,7 +174,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     wall = time.perf_counter() - config.stash[_started_key]
     options = {"scale": ctx.scale, "recipes": list(ctx.recipe_names()), "replicates": ctx.n_replicates(),
                "levels": ctx.last_level(), "rewinds": {r: list(ctx.rewinds_for(r)) for r in ctx.recipe_names()},
-               "overrides": list(ctx.overrides), "cache_dir": ctx.cache_dir, "cache_only": ctx.cache_only, "plan": PLANS[ctx.scale].__dict__}
+               "overrides": list(ctx.overrides), "cache_dir": ctx.cache_dir, "cache_only": ctx.cache_only,
+               "plan": PLANS[ctx.scale].__dict__}
     meta = run_metadata(scale=ctx.scale, options=options, device=_resolved_device(ctx.device), wall_time_s=wall,
                         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     outcomes = sorted(_session_outcomes, key=lambda o: (o["claim"], o["recipe"]))

@@ -23,9 +23,6 @@ class Recipe:
     config: IMPConfig
     needs_files: bool  # False only for the embedded digits data
     default_rewinds: tuple[int, ...]  # rewind iterations the claims compare (early vs late)
-    # Intra-op CPU threads: the smoke model is so small that a second thread only adds contention
-    # (measured ~30x slower per level on 2 busy cores); None keeps torch's default.
-    cpu_threads: int | None = None
 
 
 def _cifar_resnet20_train(epochs: int, milestone_epochs: tuple[int, ...]) -> TrainConfig:
@@ -49,7 +46,7 @@ def _build() -> dict[str, Recipe]:
                                   milestones=(300, 450)),
                 prune=PruneConfig(fraction=0.2, strategy="magnitude_global", exclude_output=False),
                 rewind_iteration=20, levels=12, recipe="smoke"),
-            needs_files=False, default_rewinds=(0, 20), cpu_threads=1),
+            needs_files=False, default_rewinds=(0, 20)),
         Recipe(
             "small", "(ours)",
             "CIFAR-10 ResNet-20 with a 16-epoch schedule (OpenLTH hyperparameters otherwise); GPU",
@@ -109,15 +106,6 @@ def get_recipe(name: str) -> Recipe:
         return RECIPES[name]
     except KeyError:
         raise ConfigError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)}") from None
-
-
-def apply_cpu_threads(names: list[str] | tuple[str, ...], device: str) -> None:
-    """Use the recipes' CPU thread setting when running on the CPU (the smallest one requested wins)."""
-    import torch
-
-    wanted = [RECIPES[n].cpu_threads for n in names if n in RECIPES and RECIPES[n].cpu_threads]
-    if wanted and not str(device).startswith("cuda") and not (str(device) == "auto" and torch.cuda.is_available()):
-        torch.set_num_threads(min(wanted))
 
 
 def recipe_config(name: str, **changes) -> IMPConfig:

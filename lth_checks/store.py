@@ -147,7 +147,8 @@ class Entry:
             raise
         atomic_write_bytes(self.path / f"{name}.sha256", digest.encode())
 
-    def read_tensors(self, name: str, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    def read_tensors(self, name: str,
+                     device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Tensors and metadata, after checking the file against its recorded checksum."""
         self._verify()
         path = self.path / f"{name}.safetensors"

@@ -44,7 +44,8 @@ P_STAR_TOLERANCE = Threshold(0.2, "fraction", "(ours) one grid step of the p gri
 THEORY_EPS_LOSS = Threshold(0.1, "nats", "(ours) loss tolerance of the sublevel set in the quadratic model",
                             "eps of d*(eps, R) in Claim 3's prune-limit theory")
 SIGNIFICANCE = Threshold(0.05, "p-value", "(ours) conventional one-sided level",
-                         "Claim 3a: PASS when Spearman rho(top eigenvalue, p_max) < 0 at this level; FAIL when rho >= 0")
+                         "Claim 3a: PASS when Spearman rho(top eigenvalue, p_max) < 0 at this level; "
+                         "FAIL when rho >= 0")
 FLATNESS_RATIO_MAX = Threshold(1.0, "ratio", "(paper) magnitude pruning picks flatter directions",
                                "Claim 3c: Rayleigh quotient(magnitude) / Rayleigh quotient(random) must be below this")
 CHAIN_STEPS = Threshold(4, "steps", "(paper) the authors' chain of four successive 20% cuts",

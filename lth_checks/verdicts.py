@@ -161,7 +161,8 @@ def claim3a(top_eigenvalues: Sequence[float], p_max_values: Sequence[float]) -> 
         return Verdict(FAIL, f"rank correlation of sharpness and p_max is {rho:+.2f} (>= 0)", effect)
     if pval < T.SIGNIFICANCE.value:
         return Verdict(PASS, f"rank correlation {rho:+.2f} (one-sided p = {pval:.3f})", effect)
-    return Verdict(INCONCLUSIVE, f"rank correlation {rho:+.2f} is negative but not significant (p = {pval:.2f})", effect)
+    return Verdict(INCONCLUSIVE, f"rank correlation {rho:+.2f} is negative but not significant (p = {pval:.2f})",
+                   effect)
 
 
 def claim3b(predicted: Sequence[float], measured: Sequence[float], grid: Sequence[float]) -> Verdict:

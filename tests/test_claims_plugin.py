@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lth_checks.report import validate_results
-
 from conftest import REPO_ROOT, cli_env
+
+from lth_checks.report import validate_results
 
 SHORT = ["--levels", "3", "--rewind", "0", "--rewind", "5", "--set", "train.iterations=60",
          "--set", "train.milestones=30,45"]

@@ -354,9 +354,14 @@ def test_no_data_root(tmp_path: Path) -> None:
 
 def test_unknown_dataset_lists_valid_names() -> None:
     with pytest.raises(ConfigError) as info:
-        load_dataset("imagenet")
-    assert "imagenet" in str(info.value)
+        load_dataset("svhn")
+    assert "svhn" in str(info.value)
     assert all(name in str(info.value) for name in DATASETS)
+
+
+def test_imagenet_says_it_has_no_reader() -> None:
+    with pytest.raises(DataError, match="no ImageNet reader"):
+        load_dataset("imagenet")
 
 
 def test_cifar_wrong_data_shape(tmp_path: Path) -> None:

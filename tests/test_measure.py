@@ -12,8 +12,14 @@ from lth_checks.config import ModelConfig
 from lth_checks.data import Split
 from lth_checks.measure import suite
 from lth_checks.measure.branches import Branch, BranchSpec
-from lth_checks.measure.connectivity import (PathResult, PathSettings, barrier, evaluate_path, instability,
-                                             interpolate_state)
+from lth_checks.measure.connectivity import (
+    PathResult,
+    PathSettings,
+    barrier,
+    evaluate_path,
+    instability,
+    interpolate_state,
+)
 from lth_checks.measure.perturbation import direction_norm, gaussian_direction, perturbation_scale
 from lth_checks.models import build_model
 from lth_checks.pruning import dense_mask, prune

@@ -20,7 +20,7 @@ import torch
 from ..config import PRUNE_STRATEGIES, to_dict
 from ..errors import ConfigError
 from ..imp import Experiment, train_in_entry
-from ..pruning import Mask, alive_count, density, excluded_names, prune, prunable_weights
+from ..pruning import Mask, alive_count, density, excluded_names, prunable_weights, prune
 from ..store import Entry
 from ..training import derive_seed
 from .perturbation import add_direction, gaussian_direction, perturbation_scale
@@ -50,7 +50,8 @@ class BranchSpec:
         if not 0 < self.fraction < 1:
             raise ConfigError(f"one-shot fraction must be in (0, 1), got {self.fraction}")
         if self.strategy not in PRUNE_STRATEGIES:
-            raise ConfigError(f"unknown pruning strategy {self.strategy!r}; valid choices: {', '.join(PRUNE_STRATEGIES)}")
+            raise ConfigError(f"unknown pruning strategy {self.strategy!r}; "
+                              f"valid choices: {', '.join(PRUNE_STRATEGIES)}")
 
     def key_dict(self) -> dict:
         """Only the fields the kind uses, so e.g. c does not split sgd_noise entries."""

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..imp import Experiment
-from ..pruning import density, excluded_names, prune, prunable_weights
+from ..pruning import density, excluded_names, prunable_weights, prune
 
 HISTOGRAM_BINS = 40
 
