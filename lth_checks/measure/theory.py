@@ -17,13 +17,10 @@ the d* computed here is a LOWER bound on the full-spectrum value and the p* deri
 it is an UPPER bound (optimistic). Note d* < k always, so p* >= 1 - k / alive on any grid
 that reaches it: with k much smaller than alive the prediction saturates near p = 1.
 
-Weights are ranked here by a small local selection (the project's pruning module is not
-imported) that follows the same conventions as global pruning there, so with the same
-seed and exclusions it removes the same weights: round-half-up count, global magnitude
-(scores |w| in float32) or seeded uniform scores drawn on the CPU, the smallest scores
-removed with ties broken by position in the alive vector (mask-key order, row-major
-within a tensor). Names in ``exclude`` (e.g. an output layer the recipe never prunes)
-are neither counted nor removed.
+The weights P_p removes are chosen by the project's own pruning (``lth_checks.pruning.prune``,
+global magnitude or seeded random, round-half-up count, ties to the lower index), so the
+theory measures the same projections the experiments make. Names in ``exclude`` (e.g. an
+output layer the recipe never prunes) are neither counted nor removed.
 """
 
 from __future__ import annotations
@@ -38,6 +35,7 @@ import numpy.typing as npt
 import torch
 
 from lth_checks.errors import ConfigError
+from lth_checks.pruning import prune, round_half_up
 
 Strategy = Literal["magnitude", "random"]
 
@@ -81,35 +79,33 @@ def d_star(eigenvalues: npt.ArrayLike, eps: float, R: float | npt.ArrayLike) -> 
 
 
 def n_removed(p: float, alive: int) -> int:
-    """Number of weights a fraction p prunes from ``alive``: round(p * alive), halves rounded up.
-
-    The 1e-9 guard makes 0.2 * 5 = 1.0000000000000002 and 0.5 * 3 = 1.5 behave as written.
-    """
+    """Number of weights a fraction p prunes from ``alive``: round(p * alive), halves rounded up."""
     if not 0.0 <= p <= 1.0:
         raise ConfigError(f"Prune fraction p must be in [0, 1], got {p}.")
-    return int(math.floor(p * alive + 0.5 + 1e-9))
+    return round_half_up(p * alive)
 
 
-def _alive_values(
-    weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], exclude: Collection[str] = ()
-) -> torch.Tensor:
-    """Alive, non-excluded weights as one flat vector, in mask-key order, row-major within each tensor."""
+_STRATEGIES = {"magnitude": "magnitude_global", "random": "random_global"}
+
+
+def _pruned_mask(
+    weights: Mapping[str, torch.Tensor],
+    mask: Mapping[str, torch.Tensor],
+    p: float,
+    strategy: Strategy,
+    seed: int,
+    exclude: Collection[str],
+) -> dict[str, torch.Tensor]:
+    """P_p's mask, from the project's own pruning (so theory and experiments remove the same weights)."""
+    if strategy not in _STRATEGIES:
+        raise ConfigError(f"Unknown pruning strategy {strategy!r}; use 'magnitude' or 'random'.")
     unknown = sorted(set(exclude) - set(mask))
     if unknown:
         raise ConfigError(f"Excluded name {unknown[0]!r} is not in the mask.")
-    names = [n for n in mask if n not in exclude]
-    if not names:
+    if not [n for n in mask if n not in exclude]:
         raise ConfigError("The mask names no prunable (non-excluded) weight.")
-    parts = []
-    for name in names:
-        m = mask[name]
-        if name not in weights:
-            raise ConfigError(f"No weight named {name!r} for mask entry.")
-        w = weights[name]
-        if m.dtype != torch.bool or m.shape != w.shape:
-            raise ConfigError(f"Mask entry {name!r} must be a bool tensor of shape {tuple(w.shape)}.")
-        parts.append(w.detach().reshape(-1)[m.to(w.device).reshape(-1)])
-    return torch.cat(parts)
+    n_removed(p, 0)  # validates p
+    return prune(weights, mask, p, _STRATEGIES[strategy], frozenset(exclude), seed)
 
 
 def removed_alive_indices(
@@ -120,21 +116,12 @@ def removed_alive_indices(
     seed: int = 0,
     exclude: Collection[str] = (),
 ) -> torch.Tensor:
-    """Positions, in the flat alive non-excluded vector, of the round(p * alive) weights P_p removes.
-
-    ``magnitude``: the smallest |w| globally. ``random``: the smallest of uniform scores drawn
-    on the CPU from a generator seeded with ``seed`` (same removal on every device). Ties go
-    to the lower position (stable sort).
-    """
-    vals = _alive_values(weights, mask, exclude)
-    n = n_removed(p, vals.numel())
-    if strategy == "magnitude":
-        scores = vals.abs().float()
-    elif strategy == "random":
-        scores = torch.rand(vals.numel(), generator=torch.Generator().manual_seed(seed)).to(vals.device)
-    else:
-        raise ConfigError(f"Unknown pruning strategy {strategy!r}; use 'magnitude' or 'random'.")
-    return torch.sort(scores, stable=True).indices[:n]
+    """Positions, in the flat alive non-excluded vector (mask-key order), of the weights P_p removes."""
+    new = _pruned_mask(weights, mask, p, strategy, seed, exclude)
+    names = [n for n in mask if n not in exclude]
+    alive = torch.cat([mask[n].reshape(-1) for n in names])
+    removed = torch.cat([(mask[n] & ~new[n]).reshape(-1) for n in names])
+    return removed[alive].nonzero().squeeze(1)
 
 
 def projection_delta(
@@ -150,22 +137,8 @@ def projection_delta(
     This is the pruning direction of Claim 3(c); weights at already-pruned coordinates
     are ignored (they are zero in a masked solution).
     """
-    idx = removed_alive_indices(weights, mask, p, strategy, seed, exclude)
-    vals = _alive_values(weights, mask, exclude)
-    flat = torch.zeros_like(vals)
-    flat[idx] = vals[idx]
-    out: dict[str, torch.Tensor] = {}
-    start = 0
-    for name, m in mask.items():
-        w = weights[name]
-        full = torch.zeros(w.numel(), dtype=w.dtype, device=w.device)
-        if name not in exclude:
-            mm = m.to(w.device).reshape(-1)
-            count = int(mm.sum())
-            full[mm] = flat[start : start + count]
-            start += count
-        out[name] = full.reshape(w.shape)
-    return out
+    new = _pruned_mask(weights, mask, p, strategy, seed, exclude)
+    return {n: weights[n].detach() * (mask[n] & ~new[n]).to(weights[n].device, weights[n].dtype) for n in mask}
 
 
 def projection_distance(
@@ -177,9 +150,8 @@ def projection_distance(
     exclude: Collection[str] = (),
 ) -> float:
     """R(p) = ||w - P_p(w)||_2 over the alive coordinates (float64 accumulation)."""
-    idx = removed_alive_indices(weights, mask, p, strategy, seed, exclude)
-    vals = _alive_values(weights, mask, exclude)
-    return float(vals[idx].to(torch.float64).norm())
+    delta = projection_delta(weights, mask, p, strategy, seed, exclude)
+    return float(torch.sqrt(sum(d.double().square().sum().cpu() for d in delta.values())))
 
 
 @dataclass(frozen=True)
