@@ -162,8 +162,9 @@ def claim1(ctx: ClaimContext, recipe: str) -> dict:
             dense, eps, std = _dense(exps)
             for level in range(ctx.last_level()):
                 nxt = [_pp(e.result(level + 1).test_error) for e in exps]
-                bars = [_pp(suite.successive_barrier(e, level, ctx.settings).barrier_test) for e in exps]
-                bars_train = [_pp(suite.successive_barrier(e, level, ctx.settings).barrier_train) for e in exps]
+                paths = [suite.successive_barrier(e, level, ctx.settings) for e in exps]
+                bars = [_pp(p.barrier_test) for p in paths]
+                bars_train = [_pp(p.barrier_train) for p in paths]
                 err, bar = V.mean_ci(nxt), V.mean_ci(bars)
                 matching = err["mean"] <= dense + eps
                 row = {"rewind": rewind, "level": level, "density": exps[0].result(level).density,

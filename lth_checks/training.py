@@ -155,7 +155,8 @@ def train(model: nn.Module, mask: Mapping[str, torch.Tensor], split: Split, cfg:
         with torch.no_grad():
             torch._foreach_mul_(masked_params, masked_values)
             finite = torch.isfinite(loss.detach())
-            first_bad = torch.where(~finite & (first_bad < 0), torch.tensor(t, device=device), first_bad)
+            # new_full fills on the device: no host-to-device copy, so no synchronisation per step
+            first_bad = torch.where(~finite & (first_bad < 0), first_bad.new_full((), t), first_bad)
         done = t + 1
         due_checkpoint = checkpoint_every and on_checkpoint and done % checkpoint_every == 0 and done < end
         if done % DIVERGENCE_CHECK_EVERY == 0 or done == end or due_checkpoint:
