@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 import pytest
 
 from .evidence import PLANS, SCALES, ClaimContext
+from .config import override
+from .errors import LthError
 from .imp import configure_cpu_threads
 from .recipes import RECIPES, get_recipe
 
@@ -65,8 +67,11 @@ def pytest_configure(config: pytest.Config) -> None:
                  "slow: takes minutes on a CPU", "paper: runs at the paper's scale (GPU hours)"):
         config.addinivalue_line("markers", line)
     opt = config.option
-    for name in opt.recipe:
-        get_recipe(name)  # unknown recipe: one-line error listing the valid ones
+    try:  # bad names and settings stop the run with one line, before anything is collected
+        for name in opt.recipe or PLANS[opt.scale].recipes:
+            override(get_recipe(name).config, opt.lth_set)
+    except LthError as e:
+        raise pytest.UsageError(str(e)) from None
     configure_cpu_threads(opt.device)
     config.stash[_context_key] = ClaimContext(
         scale=opt.scale, recipes=tuple(opt.recipe), rewinds=tuple(opt.rewind), replicates=opt.replicates,
