@@ -21,6 +21,7 @@ from .errors import DivergenceError
 from .imp import Experiment
 from .measure import suite
 from .measure.connectivity import PathResult, PathSettings
+from .pruning import excluded_names
 from .recipes import get_recipe, recipe_config
 from .store import Store
 
@@ -79,6 +80,12 @@ class ClaimContext:
     def n_replicates(self) -> int:
         return self.replicates or self.plan.replicates
 
+    def required_replicates(self, recipe: str) -> int:
+        """CLAIMS.md: at least 3 seeds at paper scale (and for the published recipes at any scale)."""
+        if self.scale == "paper" or get_recipe(recipe).source != "(ours)":
+            return int(T.MIN_REPLICATES_PAPER.value)
+        return int(T.MIN_REPLICATES.value)
+
     def last_level(self) -> int:
         return self.levels if self.levels is not None else self.plan.levels
 
@@ -109,8 +116,11 @@ def _base(claim: str, title: str, recipe: str, ctx: ClaimContext, names: list[st
     r = get_recipe(recipe)
     return {"claim": claim, "title": title, "recipe": recipe, "recipe_source": r.source, "scale": ctx.scale,
             "replicates": ctx.n_replicates(), "rewinds": list(ctx.rewinds_for(recipe)),
-            "thresholds": {n: T.ALL[n].to_dict() for n in names},
-            "choices": ["batch norm along paths: re-estimated on a fixed training subset (ours)",
+            "thresholds": {n: T.ALL[n].to_dict() for n in [*names, "MIN_REPLICATES_PAPER"]},
+            "required_replicates": ctx.required_replicates(recipe),
+            "choices": ["batch norm along paths (models that have it): re-estimated on a fixed training subset (ours)",
+                        "dense reference: level 0 of each rewind's own lineage (trained from w_k with a fresh "
+                        "optimiser), averaged over replicates",
                         f"path grid: {ctx.plan.path_points} points",
                         "error barrier and LMC instability both on the test split and a fixed training subset"]
             + [f"setting overridden for this run: {o}" for o in ctx.overrides]}
@@ -165,19 +175,22 @@ def claim1(ctx: ClaimContext, recipe: str) -> dict:
                 paths = [suite.successive_barrier(e, level, ctx.settings) for e in exps]
                 bars = [_pp(p.barrier_test) for p in paths]
                 bars_train = [_pp(p.barrier_train) for p in paths]
+                instab = [_pp(p.instability_test) for p in paths]
+                instab_train = [_pp(p.instability_train) for p in paths]
                 err, bar = V.mean_ci(nxt), V.mean_ci(bars)
                 matching = err["mean"] <= dense + eps
                 row = {"rewind": rewind, "level": level, "density": exps[0].result(level).density,
                        "next_density": exps[0].result(level + 1).density, "dense_error_pp": dense, "eps_pp": eps,
                        "dense_std_pp": std, "next_error_pp": err, "matching": matching, "barrier_pp": bar,
-                       "barrier_train_pp": V.mean_ci(bars_train),
+                       "barrier_train_pp": V.mean_ci(bars_train), "instability_test_pp": V.mean_ci(instab),
+                       "instability_train_pp": V.mean_ci(instab_train),
                        "error_pp": V.mean_ci([_pp(e.result(level).test_error) for e in exps])}
                 rows.append(row)
                 pairs.append(V.LevelPair(rewind, level, row["next_density"], matching, bar["mean"]))
         outcome["measured"] = {"rows": rows}
 
         def rule(tau: float) -> V.Verdict:
-            return V.claim1(pairs, tau, ctx.n_replicates())
+            return V.claim1(pairs, tau, ctx.n_replicates(), required=ctx.required_replicates(recipe))
 
         return _finish(outcome, rule(float(T.BARRIER_TAU_PP.value)), V.tau_sweep(rule), started, exps_all)
 
@@ -197,16 +210,20 @@ def claim2_series(ctx: ClaimContext, recipe: str, rewind: int) -> list[dict]:
         level_err = V.mean_ci([_pp(e.result(level).test_error) for e in exps])
         base = {"rewind": rewind, "level": level, "density": exps[0].result(level).density,
                 "level_matching": level_err["mean"] <= dense + eps, "level_error_pp": level_err}
-        noise = [_pp(PathResult.from_dict(suite.sgd_noise_barrier(e, level, ctx.settings)["path"]).barrier_test)
-                 for e in exps]
-        real = [_pp(suite.successive_barrier(e, level, ctx.settings).barrier_test) for e in exps]
+        noise_paths = [PathResult.from_dict(suite.sgd_noise_barrier(e, level, ctx.settings)["path"]) for e in exps]
+        noise = [_pp(p.barrier_test) for p in noise_paths]
+        real_paths = [suite.successive_barrier(e, level, ctx.settings) for e in exps]
+        real = [_pp(p.barrier_test) for p in real_paths]
         r_l = [suite.perturbation_barrier(e, level, 1.0, ctx.settings)["branch"]["scale_r"] for e in exps]
-        rows.append({**base, "kind": "sgd_noise", "c": 0.0, "barrier_pp": V.mean_ci(noise)})
-        rows.append({**base, "kind": "real_pair", "c": 1.0, "barrier_pp": V.mean_ci(real), "r_L": V.mean_ci(r_l)})
+        rows.append({**base, "kind": "sgd_noise", "c": 0.0, "barrier_pp": V.mean_ci(noise),
+                     "instability_test_pp": V.mean_ci([_pp(p.instability_test) for p in noise_paths])})
+        rows.append({**base, "kind": "real_pair", "c": 1.0, "barrier_pp": V.mean_ci(real), "r_L": V.mean_ci(r_l),
+                     "instability_test_pp": V.mean_ci([_pp(p.instability_test) for p in real_paths])})
         for c in T.PERTURBATION_SIZES.value:
-            paths = [suite.perturbation_barrier(e, level, c, ctx.settings)["path"] for e in exps]
-            bars = [_pp(PathResult.from_dict(p).barrier_test) for p in paths]
-            rows.append({**base, "kind": "perturb", "c": c, "barrier_pp": V.mean_ci(bars)})
+            paths = [PathResult.from_dict(suite.perturbation_barrier(e, level, c, ctx.settings)["path"]) for e in exps]
+            rows.append({**base, "kind": "perturb", "c": c,
+                         "barrier_pp": V.mean_ci([_pp(p.barrier_test) for p in paths]),
+                         "instability_test_pp": V.mean_ci([_pp(p.instability_test) for p in paths])})
     return rows
 
 
@@ -227,8 +244,11 @@ def claim2(ctx: ClaimContext, recipe: str) -> dict:
                  for r in late if r["kind"] == "perturb"]
         noise = [r["barrier_pp"]["mean"] for r in late if r["kind"] == "sgd_noise" and r["level_matching"]]
 
+        everything = [r["barrier_pp"]["mean"] for r in rows]
+
         def rule(tau: float) -> V.Verdict:
-            return V.claim2(cases, noise, tau, ctx.n_replicates())
+            return V.claim2(cases, noise, tau, ctx.n_replicates(), all_barriers_pp=everything,
+                            required=ctx.required_replicates(recipe))
 
         exps = [e for rw in ctx.rewinds_for(recipe) for e in ctx.lineages(recipe, rw)]
         return _finish(outcome, rule(float(T.BARRIER_TAU_PP.value)), V.tau_sweep(rule), started, exps)
@@ -282,7 +302,7 @@ def claim3(ctx: ClaimContext, recipe: str, part: str) -> dict:
               "d": "one-shot pruning to high sparsity fails where 20% steps succeed"}
     names = {"a": ["SIGNIFICANCE", "ONESHOT_GRID", "BARRIER_TAU_PP", "MATCHING_EPS_FLOOR_PP"],
              "b": ["P_STAR_TOLERANCE", "THEORY_EPS_LOSS", "AGREEMENT_RATE", "ONESHOT_GRID", "BARRIER_TAU_PP"],
-             "c": ["FLATNESS_RATIO_MAX", "AGREEMENT_RATE"],
+             "c": ["AGREEMENT_RATE", "MIN_REPLICATES"],
              "d": ["MATCHING_EPS_FLOOR_PP", "MIN_REPLICATES"]}[part]
     outcome = _base(f"3{part}", titles[part], recipe, ctx, names)
     outcome["choices"] = outcome["choices"] + [
@@ -299,19 +319,29 @@ def claim3(ctx: ClaimContext, recipe: str, part: str) -> dict:
 
         def rule(tau: float) -> V.Verdict:
             rs = rows if tau == T.BARRIER_TAU_PP.value else claim3_levels(ctx, recipe, tau)
-            if part == "a":
-                v = V.claim3a([r["top_eigenvalue"] for r in rs], [r["p_max_magnitude"] for r in rs])
+            if part == "a":  # one point per level (means over seeds), so seeds do not count as evidence
+                levels = sorted({r["level"] for r in rs})
+                per = [[r for r in rs if r["level"] == lv] for lv in levels]
+                v = V.claim3a([float(np.mean([r["top_eigenvalue"] for r in g])) for g in per],
+                              [float(np.mean([r["p_max_magnitude"] for r in g])) for g in per])
             elif part == "b":
                 v = V.claim3b([r["p_star_random"] for r in rs], [r["p_max_random"] for r in rs],
                               T.ONESHOT_GRID.value)
             else:
                 v = V.claim3c([r["rayleigh_magnitude"] for r in rs], [r["rayleigh_random"] for r in rs])
-            return V.with_replicates(v, ctx.n_replicates())
+            return V.with_replicates(v, ctx.n_replicates(), ctx.required_replicates(recipe))
 
         sweep = V.tau_sweep(rule) if part in ("a", "b") else None
         return _finish(outcome, rule(float(T.BARRIER_TAU_PP.value)), sweep, started, exps)
 
     return _diverged(gather, outcome, started)
+
+
+def _ranked_pool(exp: Experiment) -> list[str]:
+    """The prunable weights the pruning strategy ranks (excluded layers left out)."""
+    model = exp.build_model()
+    excluded = excluded_names(model, exp.config.prune)
+    return [n for n in model.prunable_names() if n not in excluded]
 
 
 def _claim3d(ctx: ClaimContext, recipe: str, outcome: dict, exps: list[Experiment], started: float) -> dict:
@@ -331,12 +361,19 @@ def _claim3d(ctx: ClaimContext, recipe: str, outcome: dict, exps: list[Experimen
         return _finish(outcome, V.claim3d(False, False, exps[0].result(1).density), None, started, exps)
     target = max(matching_levels)
     density = exps[0].result(target).density
-    shot = [suite.oneshot(e, 0, 1.0 - density, "magnitude_global", ctx.settings)["branch"] for e in exps]
+    # The fraction applies to the weights the strategy ranks, so excluded layers (a dense output
+    # layer) are left out of it: the one-shot mask then keeps exactly as many weights as IMP's.
+    pool = _ranked_pool(exps[0])
+    target_mask = exps[0].mask(target)
+    alive = sum(int(target_mask[n].sum()) for n in pool)
+    total = sum(target_mask[n].numel() for n in pool)
+    shot = [suite.oneshot(e, 0, 1.0 - alive / total, "magnitude_global", ctx.settings)["branch"] for e in exps]
     shot_err = V.mean_ci([_pp(b["test_error"]) for b in shot])
     outcome["measured"] = {"target_level": target, "density": density, "dense_error_pp": dense, "eps_pp": eps,
                            "imp_error_pp": imp_err[target], "oneshot_error_pp": shot_err,
                            "imp_error_by_level_pp": {str(k): v["mean"] for k, v in imp_err.items()}}
-    verdict = V.with_replicates(V.claim3d(True, shot_err["mean"] <= dense + eps, density), ctx.n_replicates())
+    verdict = V.with_replicates(V.claim3d(True, shot_err["mean"] <= dense + eps, density), ctx.n_replicates(),
+                                ctx.required_replicates(recipe))
     return _finish(outcome, verdict, None, started, exps)
 
 
@@ -349,13 +386,19 @@ def claim4(ctx: ClaimContext, recipe: str) -> dict:
                     ["CHAIN_STEPS", "CHAIN_ERROR_MARGIN_PP", "MIN_REPLICATES"])
     outcome["choices"] = outcome["choices"] + [
         "new small weights: share of the weights IMP prunes at L+1 that re-pruning w_L would have kept (ours)",
-        "no-retraining chain starts from the level-1 solution (80% density), as the authors' ResNet-20 chain"]
+        "no-retraining chain starts from the level-1 solution (80% density), as the authors' ResNet-20 chain",
+        "projected errors keep the batch-norm statistics of the solution being pruned (no re-estimation)"]
 
     def gather() -> dict:
         steps = int(T.CHAIN_STEPS.value)
         start_level = 1
         exps = ctx.lineages(recipe, ctx.late_rewind(recipe))
-        last = min(ctx.last_level() - 1, start_level + steps)
+        if ctx.last_level() < start_level + steps + 1:
+            # IMP must reach the chain's final sparsity, or the two are compared at unequal sparsity
+            return _finish(outcome, V.Verdict(V.INCONCLUSIVE, f"needs at least {start_level + steps + 1} levels to "
+                                              f"compare with a {steps}-step chain; run with --levels "
+                                              f"{start_level + steps + 1} or more"), None, started, exps)
+        last = start_level + steps
         per_level, chain_rows, verdict_inputs = [], [], []
         for e in exps:
             e.run()
@@ -380,7 +423,7 @@ def claim4(ctx: ClaimContext, recipe: str) -> dict:
             "chain": chain_rows[0], "chain_replicates": chain_rows,
             "per_replicate": [dict(zip(("chain_error_rise_pp", "imp_error_gap_pp", "chain_length_growth",
                                         "imp_length_growth"), map(float, v))) for v in verdict_inputs]}
-        verdict = V.with_replicates(V.claim4(*map(float, mean)), ctx.n_replicates())
+        verdict = V.with_replicates(V.claim4(*map(float, mean)), ctx.n_replicates(), ctx.required_replicates(recipe))
         return _finish(outcome, verdict, None, started, exps)
 
     return _diverged(gather, outcome, started)

@@ -92,7 +92,7 @@ def _build() -> dict[str, Recipe]:
                           warmup_iterations=5 * iterations_per_epoch(IMAGENET_TRAIN, 1024)),
                       prune=PruneConfig(fraction=0.2), rewind_iteration=6 * iterations_per_epoch(
                           IMAGENET_TRAIN, 1024), levels=10, recipe="imagenet_resnet50"),
-            needs_files=True, default_rewinds=(0,)),
+            needs_files=True, default_rewinds=(0, 6 * iterations_per_epoch(IMAGENET_TRAIN, 1024))),
     ]
     return {r.name: r for r in recipes}
 

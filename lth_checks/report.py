@@ -790,7 +790,8 @@ def _measured_claim3(doc: dict, o: dict, m: dict) -> list:
         def cell(x: dict | None) -> str:
             if not x:
                 return "–"
-            ok = x.get("matching") is True and (_num(x.get("barrier_pp")) or math.inf) <= tau
+            b = _num(x.get("barrier_pp"))
+            ok = x.get("matching") is True and b is not None and b <= tau
             text = f"{fmt(_num(x.get('test_error_pp')), 3)} / {fmt(_num(x.get('barrier_pp')), 3)}"
             return text + (" ✓" if ok else "")
 

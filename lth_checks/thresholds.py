@@ -46,8 +46,6 @@ THEORY_EPS_LOSS = Threshold(0.1, "nats", "(ours) loss tolerance of the sublevel 
 SIGNIFICANCE = Threshold(0.05, "p-value", "(ours) conventional one-sided level",
                          "Claim 3a: PASS when Spearman rho(top eigenvalue, p_max) < 0 at this level; "
                          "FAIL when rho >= 0")
-FLATNESS_RATIO_MAX = Threshold(1.0, "ratio", "(paper) magnitude pruning picks flatter directions",
-                               "Claim 3c: Rayleigh quotient(magnitude) / Rayleigh quotient(random) must be below this")
 CHAIN_STEPS = Threshold(4, "steps", "(paper) the authors' chain of four successive 20% cuts",
                         "Claim 4: no-retraining chain length")
 CHAIN_ERROR_MARGIN_PP = Threshold(1.0, "pp", "(ours) the authors' chain lost 5 pp in 4 cuts",

@@ -53,15 +53,16 @@ def tau_sweep(rule: Callable[[float], Verdict]) -> dict[str, str]:
     return {f"{tau:g}": rule(tau).verdict for tau in T.TAU_SWEEP_PP.value}
 
 
-def replicates_note(replicates: int) -> str | None:
-    if replicates < T.MIN_REPLICATES.value:
-        return f"only {replicates} replicate(s), {T.MIN_REPLICATES.value} needed to estimate the dense error's spread"
+def replicates_note(replicates: int, required: int | None = None) -> str | None:
+    required = int(T.MIN_REPLICATES.value) if required is None else required
+    if replicates < required:
+        return f"only {replicates} replicate(s), {required} required"
     return None
 
 
-def with_replicates(verdict: Verdict, replicates: int) -> Verdict:
+def with_replicates(verdict: Verdict, replicates: int, required: int | None = None) -> Verdict:
     """Demote a PASS or FAIL to INCONCLUSIVE when too few replicates stand behind it."""
-    note = replicates_note(replicates)
+    note = replicates_note(replicates, required)
     if note and verdict.verdict != INCONCLUSIVE:
         return Verdict(INCONCLUSIVE, f"{note}; measured: {verdict.summary}", verdict.effect)
     return verdict
@@ -78,8 +79,13 @@ class LevelPair:
     barrier_pp: float
 
 
-def claim1(pairs: Sequence[LevelPair], tau_pp: float, replicates: int, diverged: bool = False) -> Verdict:
-    """matching(L+1) agrees with (barrier <= tau) in >= 90% of the high-sparsity pairs, both classes present."""
+def claim1(pairs: Sequence[LevelPair], tau_pp: float, replicates: int, diverged: bool = False,
+           required: int | None = None) -> Verdict:
+    """matching(L+1) agrees with (barrier <= tau) in >= 90% of the high-sparsity pairs, both classes present.
+
+    Agreement is balanced over the two matching classes (the mean of the agreement within matching
+    and within non-matching pairs), so a lopsided pool cannot reach 90% on its larger class alone.
+    """
     if diverged:
         return Verdict(INCONCLUSIVE, "a training run diverged; see the report for which")
     pool = [p for p in pairs if p.next_density <= T.HIGH_SPARSITY_DENSITY.value + 1e-12]
@@ -90,15 +96,20 @@ def claim1(pairs: Sequence[LevelPair], tau_pp: float, replicates: int, diverged:
     rate = sum(agree) / len(agree)
     effect = {"agreement": rate, "pairs": len(pool), "matching_pairs": n_match,
               "non_matching_pairs": len(pool) - n_match, "tau_pp": tau_pp}
-    note = replicates_note(replicates)
+    note = replicates_note(replicates, required)
     if note:
         return Verdict(INCONCLUSIVE, note, effect)
     if n_match in (0, len(pool)):
         which = "matching" if n_match else "non-matching"
         return Verdict(INCONCLUSIVE, f"all {len(pool)} high-sparsity pairs are {which}: only one class present", effect)
-    verdict = PASS if rate >= T.AGREEMENT_RATE.value else FAIL
+    within = [sum(a for a, p in zip(agree, pool) if p.matching == cls) / sum(p.matching == cls for p in pool)
+              for cls in (True, False)]
+    balanced = sum(within) / 2
+    effect.update(balanced_agreement=balanced, agreement_matching=within[0], agreement_non_matching=within[1])
+    verdict = PASS if balanced >= T.AGREEMENT_RATE.value else FAIL
     return Verdict(verdict, f"matching agrees with barrier <= {tau_pp:g} pp in {sum(agree)}/{len(agree)} pairs "
-                   f"({rate:.0%}; needed {T.AGREEMENT_RATE.value:.0%})", effect)
+                   f"(balanced {balanced:.0%}: {within[0]:.0%} of matching, {within[1]:.0%} of non-matching; "
+                   f"needed {T.AGREEMENT_RATE.value:.0%})", effect)
 
 
 @dataclass(frozen=True)
@@ -112,8 +123,14 @@ class PerturbationCase:
 
 
 def claim2(cases: Sequence[PerturbationCase], sgd_noise_barriers_pp: Sequence[float], tau_pp: float,
-           replicates: int, diverged: bool = False) -> Verdict:
-    """For the late rewind: at matching levels, barriers stay <= tau for every c <= 1."""
+           replicates: int, diverged: bool = False, all_barriers_pp: Sequence[float] = (),
+           required: int | None = None) -> Verdict:
+    """For the late rewind: at matching levels, barriers stay <= tau for every c <= 1.
+
+    `all_barriers_pp` holds every barrier the run measured (all rewinds, all c, the controls): if
+    none exceeds tau, the instrument never showed a barrier, and robustness cannot be told apart
+    from insensitivity.
+    """
     if diverged:
         return Verdict(INCONCLUSIVE, "a training run diverged; see the report for which")
     c_max = float(T.ROBUST_UP_TO_C.value)
@@ -126,9 +143,12 @@ def claim2(cases: Sequence[PerturbationCase], sgd_noise_barriers_pp: Sequence[fl
     share = sum(robust) / len(robust)
     effect.update(robust_share=share, max_barrier_pp=max(x.barrier_pp for x in pool),
                   sgd_noise_max_pp=max(sgd_noise_barriers_pp, default=float("nan")))
-    note = replicates_note(replicates)
+    note = replicates_note(replicates, required)
     if note:
         return Verdict(INCONCLUSIVE, note, effect)
+    if all_barriers_pp and max(all_barriers_pp) <= tau_pp:
+        return Verdict(INCONCLUSIVE, f"no barrier anywhere in the run exceeds {tau_pp:g} pp (not even c = 4 or k = 0): "
+                       "the perturbations cannot discriminate", effect)
     if unstable_noise:
         return Verdict(INCONCLUSIVE, f"the late rewind is not even stable to SGD noise ({len(unstable_noise)} "
                        f"control barrier(s) > {tau_pp:g} pp): premise of the claim not met", effect)
@@ -166,20 +186,29 @@ def claim3a(top_eigenvalues: Sequence[float], p_max_values: Sequence[float]) -> 
 
 
 def claim3b(predicted: Sequence[float], measured: Sequence[float], grid: Sequence[float]) -> Verdict:
-    """Predicted p* and measured p_max (random pruning) agree within the tolerance at >= 90% of levels."""
+    """Predicted p* and measured p_max (random pruning) agree within the tolerance at >= 90% of levels.
+
+    A prediction at the end of the grid carries no information (with a top-k spectrum d* < k, so
+    p* saturates whenever (1 - p) * alive >= k): such levels are left out, and a run where every
+    prediction saturates is INCONCLUSIVE whatever was measured.
+    """
     pred, meas = np.asarray(predicted, float), np.asarray(measured, float)
     if pred.size == 0:
         return Verdict(INCONCLUSIVE, "no level measured")
     tol = float(T.P_STAR_TOLERANCE.value)
-    diff = np.abs(pred - meas)
+    informative = pred < max(grid)
+    diff_all = np.abs(pred - meas)
+    effect = {"mean_abs_difference_all": float(diff_all.mean()), "levels": int(pred.size),
+              "informative_levels": int(informative.sum()), "tolerance": tol}
+    if not informative.any():
+        return Verdict(INCONCLUSIVE, f"the predicted limit sits at the end of the grid ({max(grid):g}) at every level: "
+                       f"the top-k theory cannot predict below it (measured p_max mean {meas.mean():.2f})", effect)
+    diff = diff_all[informative]
     share = float((diff <= tol + 1e-12).mean())
-    effect = {"mean_abs_difference": float(diff.mean()), "agreeing_share": share, "levels": int(pred.size),
-              "tolerance": tol}
-    saturated = np.all(pred == max(grid)) and np.all(meas == max(grid))
-    if saturated:
-        return Verdict(INCONCLUSIVE, "predicted and measured limits both sit at the end of the grid", effect)
+    effect.update(mean_abs_difference=float(diff.mean()), agreeing_share=share)
     verdict = PASS if share >= T.AGREEMENT_RATE.value else FAIL
-    return Verdict(verdict, f"|p* - p_max| <= {tol:g} at {share:.0%} of levels (mean {diff.mean():.2f})", effect)
+    return Verdict(verdict, f"|p* - p_max| <= {tol:g} at {share:.0%} of {diff.size} informative levels "
+                   f"(mean {diff.mean():.2f})", effect)
 
 
 def claim3c(magnitude_rayleigh: Sequence[float], random_rayleigh: Sequence[float]) -> Verdict:
@@ -187,8 +216,8 @@ def claim3c(magnitude_rayleigh: Sequence[float], random_rayleigh: Sequence[float
     m, r = np.asarray(magnitude_rayleigh, float), np.asarray(random_rayleigh, float)
     if m.size == 0:
         return Verdict(INCONCLUSIVE, "no level measured")
-    ratio = m / np.where(r == 0, np.nan, r)
-    flatter = float(np.nanmean(ratio < T.FLATNESS_RATIO_MAX.value))
+    ratio = m / np.where(r == 0, np.nan, r)  # reported effect size only: a negative r would flip it
+    flatter = float(np.mean(m < r))
     effect = {"median_ratio": float(np.nanmedian(ratio)), "flatter_share": flatter, "levels": int(m.size)}
     verdict = PASS if flatter >= T.AGREEMENT_RATE.value else FAIL
     return Verdict(verdict, f"magnitude direction flatter than random at {flatter:.0%} of levels "

@@ -237,3 +237,14 @@ def test_dense_mask_prunes_nothing():
     model = build_model(ModelConfig(name="mlp", hidden=(8,)), (1, 2, 2), 3, seed=0)
     mask = dense_mask(model)
     assert all(bool(m.all()) for m in mask.values())
+
+
+def test_batchnorm_reestimation_weights_examples_not_batches():
+    """A short last batch counts for its size: the running mean is the mean over all examples."""
+    from lth_checks.measure.connectivity import reestimate_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(1))
+    values = torch.tensor([0.0] * 8 + [10.0, 10.0])  # batches of 4, 4 and 2: per-batch means 0, 0, 10
+    x = values.view(10, 1, 1, 1).expand(10, 1, 2, 2).contiguous()
+    reestimate_batchnorm(model, Split(x, torch.zeros(10, dtype=torch.long)), batch_size=4)
+    assert float(model[0].running_mean) == pytest.approx(float(values.mean()))

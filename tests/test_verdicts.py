@@ -25,6 +25,18 @@ def test_claim1_disagreement_fails():
     assert V.claim1(pairs, tau_pp=2.0, replicates=3).verdict == FAIL
 
 
+def test_claim1_lopsided_pool_cannot_pass_on_its_larger_class():
+    pairs = _pairs([(True, 0.3)] * 10 + [(False, 0.3)])  # 91% raw agreement, but the non-matching pair disagrees
+    v = V.claim1(pairs, tau_pp=2.0, replicates=3)
+    assert v.verdict == FAIL and v.effect["balanced_agreement"] == 0.5
+
+
+def test_claim1_paper_scale_needs_three_replicates():
+    pairs = _pairs([(True, 0.1)] * 5 + [(False, 5.0)] * 5)
+    assert V.claim1(pairs, tau_pp=2.0, replicates=2, required=3).verdict == INCONCLUSIVE
+    assert V.claim1(pairs, tau_pp=2.0, replicates=3, required=3).verdict == PASS
+
+
 def test_claim1_one_class_is_inconclusive():
     pairs = _pairs([(True, 0.1)] * 10)  # e.g. LeNet on MNIST: everything matches
     v = V.claim1(pairs, tau_pp=2.0, replicates=3)
@@ -61,6 +73,9 @@ def test_claim2_rules():
     assert V.claim2([V.PerturbationCase(0, 1.0, 0.1, False)], [], 2.0, replicates=3).verdict == INCONCLUSIVE
     big_c_only = [V.PerturbationCase(0, 4.0, 9.0, True), V.PerturbationCase(0, 1.0, 0.5, True)]
     assert V.claim2(big_c_only, [0.1], 2.0, replicates=3).verdict == PASS  # c > 1 is not part of the claim
+    # an instrument that never shows a barrier anywhere cannot tell robustness from insensitivity
+    assert V.claim2(cases, [0.1], 2.0, replicates=3, all_barriers_pp=[0.3, 0.1, 1.0]).verdict == INCONCLUSIVE
+    assert V.claim2(cases, [0.1], 2.0, replicates=3, all_barriers_pp=[0.3, 0.1, 9.0]).verdict == PASS
 
 
 def test_p_max_needs_matching_and_connected():
@@ -81,13 +96,19 @@ def test_claim3a_rank_correlation():
 def test_claim3b_theory_agreement():
     grid = T.ONESHOT_GRID.value
     assert V.claim3b([0.6, 0.4, 0.4], [0.6, 0.4, 0.2], grid).verdict == PASS
-    assert V.claim3b([0.9, 0.9, 0.9], [0.2, 0.2, 0.0], grid).verdict == FAIL
+    assert V.claim3b([0.4, 0.4, 0.2], [0.9, 0.9, 0.8], grid).verdict == FAIL
     assert V.claim3b([0.9, 0.9], [0.9, 0.9], grid).verdict == INCONCLUSIVE  # saturated grid
+    # a prediction stuck at the grid's end says nothing, whatever was measured
+    assert V.claim3b([0.9] * 4, [0.8, 0.7, 0.8, 0.9], grid).verdict == INCONCLUSIVE
+    assert V.claim3b([0.9, 0.9, 0.9], [0.2, 0.2, 0.0], grid).verdict == INCONCLUSIVE
+    # only the informative levels are judged
+    assert V.claim3b([0.9, 0.4, 0.4], [0.0, 0.4, 0.6], grid).verdict == PASS
 
 
 def test_claim3c_and_3d():
     assert V.claim3c([0.5, 0.4, 0.6], [1.0, 1.0, 1.0]).verdict == PASS
     assert V.claim3c([2.0, 2.0, 0.5], [1.0, 1.0, 1.0]).verdict == FAIL
+    assert V.claim3c([5.0, 5.0, 5.0], [-1.0, -1.0, -1.0]).verdict == FAIL  # a negative curvature must not flip it
     assert V.claim3d(True, False, 0.1).verdict == PASS
     assert V.claim3d(True, True, 0.1).verdict == FAIL
     assert V.claim3d(False, False, 0.1).verdict == INCONCLUSIVE

@@ -58,7 +58,8 @@ class BranchSpec:
         used = {"sgd_noise": ("data_seed",), "perturb": ("c", "noise_seed", "data_seed"),
                 "oneshot": ("fraction", "strategy", "noise_seed", "data_seed")}[self.kind]
         d = to_dict(self)
-        return {"kind": self.kind, "level": self.level, **{k: d[k] for k in used}}
+        # "rng": random draws depend on (replicate, level, noise_seed); entries made before that differ
+        return {"kind": self.kind, "level": self.level, "rng": 2, **{k: d[k] for k in used}}
 
     @property
     def label(self) -> str:
@@ -95,6 +96,11 @@ class Branch:
                                                            "branch": spec.key_dict()})
 
     @property
+    def _rng_parts(self) -> tuple[int, int, int]:
+        """Random draws differ across replicates and levels, not only across noise seeds."""
+        return self.parent.config.seed, self.spec.level, self.spec.noise_seed
+
+    @property
     def data_seed(self) -> int:
         return self.parent.config.seed if self.spec.data_seed is None else self.spec.data_seed
 
@@ -123,13 +129,13 @@ class Branch:
         if spec.kind == "oneshot":
             model = exp.solution_model(spec.level)
             mask = prune(prunable_weights(model), exp.mask(spec.level), spec.fraction, spec.strategy,
-                         excluded_names(model, exp.config.prune), seed=derive_seed("oneshot", spec.noise_seed))
+                         excluded_names(model, exp.config.prune), seed=derive_seed("oneshot", *self._rng_parts))
             return mask, rewind, 0.0, 0.0
         mask = exp.mask(spec.level)
         if spec.kind == "sgd_noise" or spec.c == 0:
             return mask, rewind, 0.0, 0.0
         r = perturbation_scale(rewind, mask, exp.mask(spec.level + 1))
-        delta = gaussian_direction(mask, spec.c * r, spec.noise_seed)
+        delta = gaussian_direction(mask, spec.c * r, derive_seed(*self._rng_parts))
         return mask, add_direction(rewind, delta), spec.c * r, r
 
     def _train(self) -> None:
@@ -141,7 +147,7 @@ class Branch:
         train_in_entry(self.entry, "checkpoint", model, mask, exp.dataset.train, cfg,
                        start=cfg.rewind_iteration, end=cfg.train.iterations, data_seed=self.data_seed,
                        checkpoint_every=exp.checkpoint_every, progress=exp.progress, log=exp.log,
-                       label=self.spec.label)
+                       label=self.spec.label, fast=exp.fast, compile_model=exp.compile_model)
         metrics = exp.evaluate_model(model)
         result = BranchResult(spec=self.spec.key_dict(), alive=alive_count(mask), density=density(mask),
                               perturbation_norm=delta_norm, scale_r=r,

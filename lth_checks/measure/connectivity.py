@@ -129,13 +129,19 @@ def reestimate_batchnorm(model: nn.Module, split: Split, batch_size: int = 500, 
     saved = [(m, m.momentum) for m in bns]
     for m in bns:
         m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: every batch counts equally
     was_training = model.training
     model.train()
     device = next(model.parameters()).device
+    seen = 0
     for i in range(0, len(split), batch_size):
+        x = split.inputs[i:i + batch_size]
+        # running = (1 - m) running + m batch with m = b / (seen + b): an average weighted by
+        # examples, so a short last batch counts for its size, not for a whole batch
+        for m in bns:
+            m.momentum = len(x) / (seen + len(x))
         with autocast(device, precision):
-            model(split.inputs[i:i + batch_size])
+            model(x)
+        seen += len(x)
     for m, momentum in saved:
         m.momentum = momentum
     model.train(was_training)

@@ -212,6 +212,8 @@ class RestrictedHessian:
         try:  # "auto": decided on the first product, then fixed
             hv = self._hvp_forward_over_reverse(tangent, x, y)
         except (NotImplementedError, RuntimeError) as err:
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                raise  # double backward needs more memory, not less
             # Some op has no forward-mode AD rule: double backward only needs the backward
             # to be differentiable. If that fails too, the problem is not the AD mode.
             try:

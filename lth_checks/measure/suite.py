@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from ..config import to_dict
 from ..imp import Experiment
 from ..pruning import alive_count, excluded_names, prunable_weights
+from ..training import derive_seed
 from .branches import Branch, BranchSpec
 from .connectivity import PathResult, PathSettings, evaluate_path
 from .hessian import RestrictedHessian, rayleigh_quotient, summarize_hessian
@@ -111,8 +112,9 @@ def prune_limit(exp: Experiment, level: int, strategy: str, s: MeasureSettings =
         rest = max(h["trace_mean"] - sum(x for x in eig if x > 0), 0.0)
         remaining = max(h["dim"] - len(eig), 1)
         eig = eig + [rest / remaining] * remaining
+    seed = derive_seed(exp.config.seed, level, s.seed)
     limit = predicted_prune_limit(eig, s.theory_eps, alive,
-                                  lambda p: projection_distance(weights, mask, p, strategy, seed=s.seed), s.p_grid)
+                                  lambda p: projection_distance(weights, mask, p, strategy, seed=seed), s.p_grid)
     return {**limit.to_dict(), "strategy": strategy, "tail": tail}
 
 
@@ -127,19 +129,20 @@ def pruning_direction_curvature(exp: Experiment, level: int, s: MeasureSettings 
         sub = _hessian_inputs(exp, s)
         h = RestrictedHessian(model, mask, sub.inputs, sub.targets)
         p = exp.config.prune.fraction
+        seed = derive_seed(exp.config.seed, level, s.seed)
         directions = {"magnitude": projection_delta(weights, pool, p, "magnitude"),
-                      "random_prune": projection_delta(weights, pool, p, "random", seed=s.seed)}
+                      "random_prune": projection_delta(weights, pool, p, "random", seed=seed)}
         out = {}
         for name, d in directions.items():
             full = {n: d.get(n, weights[n] * 0) for n in mask}
             norm = float(sum(v.double().square().sum() for v in full.values()) ** 0.5)
             out[name] = {"rayleigh": rayleigh_quotient(h, full), "norm": norm}
-        iso = gaussian_direction(mask, out["magnitude"]["norm"], s.seed)
+        iso = gaussian_direction(mask, out["magnitude"]["norm"], seed)
         out["gaussian"] = {"rayleigh": rayleigh_quotient(h, iso), "norm": out["magnitude"]["norm"]}
         return out
 
-    return _cached(exp, "direction_curvature", {"level": level, "examples": s.hessian_examples, "seed": s.seed},
-                   compute)
+    return _cached(exp, "direction_curvature", {"level": level, "examples": s.hessian_examples, "seed": s.seed,
+                                                "rng": 2}, compute)
 
 
 def oneshot(exp: Experiment, level: int, fraction: float, strategy: str,
