@@ -10,7 +10,8 @@ Measured in one run, on the same device:
      fp32, eager, ``torch.optim.SGD``;
    * ours: :func:`lth_checks.training.train` on a Split held on the device (batched
      augmentation on the device, foreach SGD, no host sync in the step loop); on CUDA also with
-     bf16 autocast + channels_last, and additionally torch.compile (lth_checks.speed);
+     channels_last + fused SGD (fp32, then bf16 autocast), then also torch.compile
+     (lth_checks.speed);
 2. throughput (model-iterations per second) of R replicas trained together
    (:func:`lth_checks.replicas.train_replicas`, each execution mode) vs one at a time
    (R x the per-iteration time of ``train``);
@@ -264,13 +265,12 @@ def time_conventional(data: BenchData, s: BenchSettings, device: torch.device) -
         steps = run(None)
 
     seconds = _timed(epoch, device)
-    del loader  # shuts the persistent workers down
     return {"s_per_epoch": seconds, "steps": steps, "images_per_s": steps * s.batch_size / seconds,
             "s_per_step": seconds / steps}
 
 
 def time_ours(data: BenchData, s: BenchSettings, device: torch.device, *, precision: str = "fp32",
-              channels_last: bool = False, compile_model: bool = False) -> dict:
+              channels_last: bool = False, compile_model: bool = False, fused_optimizer: bool = False) -> dict:
     """Seconds per epoch of lth_checks.training.train on the device-resident split."""
     from .speed import maybe_compile, prepare_model
 
@@ -284,10 +284,11 @@ def time_ours(data: BenchData, s: BenchSettings, device: torch.device, *, precis
     cfg = _cfg(s, precision)
     train_split = Split(data.train.inputs[:s.steps_per_epoch * s.batch_size],
                         data.train.targets[:s.steps_per_epoch * s.batch_size])
+    extra = {"fused_optimizer": fused_optimizer}
     warm = max(s.warmup_steps, 3 if compile_model else 0)
-    train(model, mask, train_split, cfg, start=0, end=warm, data_seed=0, augment=True)
+    train(model, mask, train_split, cfg, start=0, end=warm, data_seed=0, augment=True, **extra)
     seconds = _timed(lambda: train(model, mask, train_split, cfg, start=0, end=s.steps_per_epoch, data_seed=1,
-                                   augment=True), device)
+                                   augment=True, **extra), device)
     out = {"s_per_epoch": seconds, "steps": s.steps_per_epoch,
            "images_per_s": s.steps_per_epoch * s.batch_size / seconds, "s_per_step": seconds / s.steps_per_epoch}
     if notes:
@@ -354,7 +355,7 @@ def time_hvp(data: BenchData, s: BenchSettings, device: torch.device) -> dict:
             out[method] = {"hvps_per_s": None, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
             continue
 
-        def repeat(op=op) -> None:
+        def repeat(op=op, v=v) -> None:
             for _ in range(s.hvp_repeats):
                 op.matvec(v)
 
@@ -406,9 +407,10 @@ def run_benchmark(device: str | torch.device = "auto", *, epochs_images: int | N
     figures["train"]["baseline_dataloader_fp32_eager"] = base = time_conventional(data, s, dev)
     variants = [("ours_fp32", {})]
     if dev.type == "cuda":
-        variants += [("ours_bf16_channels_last", {"precision": "bf16", "channels_last": True}),
-                     ("ours_bf16_channels_last_compiled",
-                      {"precision": "bf16", "channels_last": True, "compile_model": True})]
+        fast = {"channels_last": True, "fused_optimizer": True}
+        variants += [("ours_fp32_channels_last_fused", fast),
+                     ("ours_bf16_channels_last_fused", {**fast, "precision": "bf16"}),
+                     ("ours_bf16_channels_last_fused_compiled", {**fast, "precision": "bf16", "compile_model": True})]
     for name, kwargs in variants:
         log(f"training: {name}")
         with warnings.catch_warnings():

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 
 from . import __version__
+from .bench import add_parser as add_bench_parser
 from .config import IMPConfig, canonical_json, override, to_dict
 from .errors import ConfigError, LthError
 from .imp import Experiment, LevelResult, configure_cpu_threads
@@ -31,6 +32,9 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="folder with mnist/ and cifar-10-batches-py/ (or $LTH_CHECKS_DATA_ROOT)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
     p.add_argument("--cache-dir", help="experiment cache (default $LTH_CHECKS_CACHE_DIR or ./.lth-cache)")
+    p.add_argument("--fast", choices=("auto", "on", "off"), default="auto",
+                   help="channels_last + fused SGD (auto: on CUDA); not part of the cache key")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
 
 
 def config_from_args(args: argparse.Namespace) -> IMPConfig:
@@ -41,7 +45,8 @@ def config_from_args(args: argparse.Namespace) -> IMPConfig:
 def experiment_from_args(args: argparse.Namespace, progress: bool = True) -> Experiment:
     configure_cpu_threads(args.device)
     return Experiment(config_from_args(args), store=Store(args.cache_dir), device=args.device,
-                      data_root=args.data_root, progress=progress, log=_log)
+                      data_root=args.data_root, progress=progress, log=_log,
+                      fast={"auto": None, "on": True, "off": False}[args.fast], compile_model=args.compile)
 
 
 def format_table(results: Sequence[LevelResult]) -> str:
@@ -191,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, ... for evaluations of cached states")
     p.add_argument("--cache-dir", help="experiment cache (default $LTH_CHECKS_CACHE_DIR or ./.lth-cache)")
     p.set_defaults(func=cmd_report)
+    add_bench_parser(sub)
     return parser
 
 

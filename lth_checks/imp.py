@@ -22,6 +22,7 @@ from .data import Dataset, Split, load_dataset
 from .errors import CacheError
 from .models import PrunableModel, build_model
 from .pruning import Mask, alive_count, apply_mask, dense_mask, prune_model, total_count
+from .speed import eager, maybe_compile, prepare_model
 from .store import Entry, Store
 from .training import Checkpoint, derive_seed, evaluate, train
 
@@ -88,11 +89,18 @@ class Experiment:
 
     def __init__(self, config: IMPConfig, *, store: Store | None = None, device: str | torch.device | None = None,
                  data_root: str | os.PathLike | None = None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
-                 progress: bool = False, log: Callable[[str], None] | None = None, allow_training: bool = True):
+                 progress: bool = False, log: Callable[[str], None] | None = None, allow_training: bool = True,
+                 fast: bool | None = None, compile_model: bool = False):
+        """`fast` (default: on CUDA) uses channels_last and fused SGD; `compile_model` torch.compile.
+
+        Neither is part of the cache key: they change results only in the last bits of rounding.
+        """
         self.config = config
         self.allow_training = allow_training
         self.store = store or Store()
         self.device = resolve_device(device)
+        self.fast = self.device.type == "cuda" if fast is None else fast
+        self.compile_model = compile_model
         self.data_root = data_root
         self.checkpoint_every = checkpoint_every
         self.progress = progress
@@ -117,8 +125,8 @@ class Experiment:
         """A freshly initialised model of this lineage (the same w_0 every time)."""
         ds = self.dataset
         model = build_model(self.config.model, ds.input_shape, ds.num_classes,
-                            seed=derive_seed("init", self.config.seed))
-        return model.to(self.device)
+                            seed=derive_seed("init", self.config.seed)).to(self.device)
+        return prepare_model(model, self.device) if self.fast else model
 
     def model_with(self, state: dict[str, torch.Tensor], mask: Mask | None = None) -> PrunableModel:
         model = self.build_model()
@@ -164,7 +172,8 @@ class Experiment:
         self.require_training(label)
         train_in_entry(self.entry, f"{name}_checkpoint", model, mask, self.dataset.train, self.config,
                        start=start, end=end, data_seed=self.config.seed, checkpoint_every=self.checkpoint_every,
-                       progress=self.progress, log=self.log, label=label)
+                       progress=self.progress, log=self.log, label=label, fast=self.fast,
+                       compile_model=self.compile_model)
 
     # ------------------------------------------------------------------ levels
     @staticmethod
@@ -250,7 +259,7 @@ class Experiment:
 def train_in_entry(entry: Entry, checkpoint_name: str, model: PrunableModel, mask: Mask, split: Split,
                    config: IMPConfig, *, start: int, end: int, data_seed: int, checkpoint_every: int,
                    progress: bool = False, log: Callable[[str], None] = lambda msg: None,
-                   label: str = "training") -> None:
+                   label: str = "training", fast: bool = False, compile_model: bool = False) -> None:
     """Train with periodic checkpoints stored in `entry`, resuming from one if present.
 
     Shared by IMP levels and branch experiments, so every training in the cache is resumable.
@@ -269,11 +278,14 @@ def train_in_entry(entry: Entry, checkpoint_name: str, model: PrunableModel, mas
     def on_checkpoint(ckpt: Checkpoint) -> None:
         entry.write_tensors(checkpoint_name, state_to_tensors(ckpt), {"iteration": str(ckpt.iteration)})
 
+    maybe_compile(model, compile_model)
     try:
         train(model, mask, split, config.train, start=start, end=end, data_seed=data_seed,
               augment=config.data.augment, resume=resume, checkpoint_every=checkpoint_every,
-              on_checkpoint=on_checkpoint, on_progress=on_progress, label=f"{config.recipe} {label}")
+              on_checkpoint=on_checkpoint, on_progress=on_progress, label=f"{config.recipe} {label}",
+              fused_optimizer=fast)
     finally:
+        eager(model)  # torch.func transforms (Hessian) and evaluation get the plain module back
         bar.close()
 
 

@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from .evidence import PLANS, SCALES, ClaimContext
 from .config import override
 from .errors import LthError
+from .evidence import PLANS, SCALES, ClaimContext
 from .imp import configure_cpu_threads
 from .recipes import RECIPES, get_recipe
 

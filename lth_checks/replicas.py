@@ -214,24 +214,14 @@ class _ReplicaBatches:
         self.split, self.augment, self.batch_size = split, augment, batch_size
         self.streams = [BatchStream(split, batch_size, s, augment) for s in seeds]
         self.steps_per_epoch = self.streams[0].steps_per_epoch
-        # The vectorised gather reads the stream's epoch plan (private attributes of BatchStream);
-        # fall back to one call per stream if BatchStream ever stops keeping it there.
-        self._vectorised = all(hasattr(s, a) for s in self.streams for a in ("_plan", "_epoch"))
 
     def batch(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self._vectorised:
-            xs, ys = zip(*(s.batch(iteration) for s in self.streams))
-            return torch.stack(xs), torch.stack(ys)
-        epoch, step = divmod(iteration, self.steps_per_epoch)
-        sl = slice(step * self.batch_size, (step + 1) * self.batch_size)
         idx, offsets, flips = [], [], []
         for s in self.streams:
-            if s._epoch != epoch:
-                s._plan(epoch)
-            idx.append(s._perm[sl])
-            if self.augment:
-                offsets.append(s._offsets[sl])
-                flips.append(s._flips[sl])
+            i, o, f = s.indices(iteration)
+            idx.append(i)
+            offsets.append(o)
+            flips.append(f)
         index = torch.cat(idx)
         x, y = self.split.inputs[index], self.split.targets[index]
         if self.augment:
@@ -291,13 +281,55 @@ def train_replicas(model: ModelOrFactory, states: Sequence[Mapping[str, torch.Te
     plist = [params[n].requires_grad_(True) for n in names]
     mask_names, mask_values = _stacked_masks(masks, params)
     masked = [params[n] for n in mask_names]
+    mask_index = [names.index(n) for n in mask_names]
     data = _ReplicaBatches(split, cfg.batch_size, data_seeds, augment)
     fmodel = _meta_copy(template).train()
 
     def replica_loss(p: State, b: State, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(functional_call(fmodel, (p, b), (x,)), y)
 
-    losses_of = _over_replicas(replica_loss, execution, batched_x=True)
+    def unused(i: int) -> ConfigError:
+        return ConfigError(f"parameter {names[i]!r} takes no part in the forward pass; train_replicas needs every "
+                           "parameter to (torch.optim.SGD would skip it, the stacked update cannot)")
+
+    if execution == "vmap":
+        losses_of = vmap(replica_loss, in_dims=(0, 0, 0, 0))
+
+        def forward_backward(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            with autocast(device, cfg.precision):
+                losses = losses_of(params, buffers, x, y)
+            for p in plist:
+                p.grad = None
+            losses.sum().backward()  # replicas do not interact: d(sum)/d(theta_r) = d(loss_r)/d(theta_r)
+            grads = []
+            for i, p in enumerate(plist):
+                if p.grad is None:
+                    raise unused(i)
+                grads.append(p.grad)
+                p.grad = None
+            return losses.detach(), grads
+    else:
+        def forward_backward(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            # One replica at a time, forward then backward (the memory footprint of a single
+            # training), with the kernels of a single training: gradients w.r.t. the replica's
+            # views of the stacked weights are bitwise those of its own run.
+            views = [p.unbind(0) for p in plist]
+            bviews = {n: b.unbind(0) for n, b in buffers.items()}
+            losses, per_replica = [], []
+            for r in range(r_count):
+                pr = [v[r] for v in views]
+                with autocast(device, cfg.precision):
+                    loss = replica_loss(dict(zip(names, pr)), {n: v[r] for n, v in bviews.items()}, x[r], y[r])
+                per_replica.append(torch.autograd.grad(loss, pr, allow_unused=True))
+                losses.append(loss.detach())
+            grads = []
+            for i in range(len(plist)):
+                parts = [g[i] for g in per_replica]
+                if any(g is None for g in parts):
+                    raise unused(i)
+                grads.append(torch.stack(parts))
+            return torch.stack(losses), grads
+
     first_bad = torch.full((r_count,), -1, dtype=torch.long, device=device)
     bufs: list[torch.Tensor] | None = None
     with torch.no_grad():
@@ -315,23 +347,18 @@ def train_replicas(model: ModelOrFactory, states: Sequence[Mapping[str, torch.Te
 
     for t in range(start, end):
         x, y = data.batch(t)
-        with autocast(device, cfg.precision):
-            losses = losses_of(params, buffers, x, y)
-        for p in plist:
-            p.grad = None
-        losses.sum().backward()  # replicas do not interact: d(sum)/d(theta_r) = d(loss_r)/d(theta_r)
+        losses, grads = forward_backward(x, y)
         with torch.no_grad():
-            torch._foreach_mul_([params[n].grad for n in mask_names], mask_values)
-            bufs = _sgd_step(plist, [p.grad for p in plist], bufs, cfg, cfg.lr_at(t))
+            torch._foreach_mul_([grads[i] for i in mask_index], mask_values)
+            bufs = _sgd_step(plist, grads, bufs, cfg, cfg.lr_at(t))
             torch._foreach_mul_(masked, mask_values)
-            first_bad.masked_fill_(~torch.isfinite(losses.detach()) & (first_bad < 0), t)
+            first_bad.masked_fill_(~torch.isfinite(losses) & (first_bad < 0), t)
         done = t + 1
         if done % DIVERGENCE_CHECK_EVERY == 0 or done == end:
             check(done)
             if on_progress is not None:
                 on_progress(done)
     for p in plist:
-        p.grad = None
         p.requires_grad_(False)
     if momentum_out is not None and bufs is not None:
         for r in range(r_count):
@@ -402,10 +429,9 @@ def reestimate_batchnorm_stacked(fmodel: nn.Module, params: State, buffers: Stat
                                  batch_size: int = 500, precision: str = "fp32", execution: str = "auto") -> None:
     """`connectivity.reestimate_batchnorm` for every stacked replica at once (buffers updated in place).
 
-    The cumulative average of `momentum=None` (factor 1/k at the k-th batch) is applied by
-    setting each BN module's momentum to 1/k before the k-th batch: under vmap a module cannot
-    read its batched batch counter back as a Python number, and every replica has seen the same
-    number of batches anyway. `fmodel` is the (meta) architecture used with functional_call.
+    The example-weighted average of `connectivity.reestimate_batchnorm` (momentum b / (seen + b)
+    before each batch of b examples) is applied the same way here; every replica sees the same
+    batches, so one momentum serves all. `fmodel` is the (meta) architecture used with functional_call.
     """
     bns = _batchnorms(fmodel)
     if not bns:
@@ -426,11 +452,14 @@ def reestimate_batchnorm_stacked(fmodel: nn.Module, params: State, buffers: Stat
     was_training = fmodel.training
     fmodel.train()
     try:
-        for k, i in enumerate(range(0, len(split), batch_size), start=1):
+        seen = 0
+        for i in range(0, len(split), batch_size):
+            x = split.inputs[i:i + batch_size]
             for _, m in bns:
-                m.momentum = 1.0 / float(k)
+                m.momentum = len(x) / (seen + len(x))
             with autocast(device, precision):
-                run(params, buffers, split.inputs[i:i + batch_size])
+                run(params, buffers, x)
+            seen += len(x)
     finally:
         for m, momentum in saved:
             m.momentum = momentum

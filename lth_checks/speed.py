@@ -8,10 +8,12 @@
 * :func:`fused_sgd_available` / :func:`sgd_optimizer` -- the fused SGD kernel where this torch
   has it for the device, else the foreach implementation (what training uses today).
 
-None of these changes what is computed, only how: on CPU fused and foreach SGD are bitwise
-identical (tests/test_speed_paths in test_bench.py); on CUDA channels_last, compiled kernels and
-the fused optimizer may round differently in the last bit, so runs with and without them agree
-to float32 rounding, not bitwise. They are therefore opt-in at the call site.
+None of these changes what is computed, only how it is rounded: fused and foreach SGD agree to
+the last bit but not bitwise (on CPU the fused kernel rounds the elements past the last full
+vector differently; tests/test_bench.py), and channels_last and compiled kernels sum in other
+orders. Runs with and without them therefore agree to float32 rounding, not bitwise, so they
+are opt-in at the call site, and a lineage should not switch them on or off midway where
+bitwise resumption matters.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .config import TrainConfig
 
 __all__ = [
     "compile_unavailable_reason",
+    "eager",
     "fused_sgd_available",
     "has_conv",
     "maybe_compile",
@@ -146,7 +149,19 @@ def maybe_compile(model: nn.Module, enabled: bool = True, *, device: str | torch
     return model
 
 
-@functools.lru_cache(maxsize=None)
+def eager(model: nn.Module) -> nn.Module:
+    """Undo maybe_compile/nn.Module.compile on `model` and its submodules (in place; returned).
+
+    Useful before handing a trained model to torch.func transforms (Hessian-vector products),
+    which do not compose with a compiled call everywhere.
+    """
+    for m in model.modules():
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            m._compiled_call_impl = None
+    return model
+
+
+@functools.cache
 def _fused_sgd_available(device: str) -> bool:
     try:
         p = torch.zeros(4, device=device, requires_grad=True)

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from .config import TrainConfig
 from .data import Split
 from .errors import ConfigError, DivergenceError
+from .speed import sgd_optimizer
 
 # How often the device-side divergence flag is read back: rare enough to keep the step loop free
 # of host synchronisation, frequent enough that a diverged run stops quickly.
@@ -74,15 +75,21 @@ class BatchStream:
             self._flips = (torch.rand(count, generator=g) < 0.5).to(device)
         self._epoch = epoch
 
-    def batch(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def indices(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Example indices of the iteration's batch, with its crop offsets and flips (None unaugmented)."""
         epoch, step = divmod(iteration, self.steps_per_epoch)
         if epoch != self._epoch:
             self._plan(epoch)
         sl = slice(step * self.batch_size, (step + 1) * self.batch_size)
-        idx = self._perm[sl]
+        if self.augment:
+            return self._perm[sl], self._offsets[sl], self._flips[sl]
+        return self._perm[sl], None, None
+
+    def batch(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, offsets, flips = self.indices(iteration)
         x, y = self.split.inputs[idx], self.split.targets[idx]
         if self.augment:
-            x = random_crop_flip(x, self._offsets[sl], self._flips[sl], self.PAD)
+            x = random_crop_flip(x, offsets, flips, self.PAD)
         return x, y
 
 
@@ -101,28 +108,26 @@ class EvalResult:
     loss: float
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay, foreach=True)
-
-
 def train(model: nn.Module, mask: Mapping[str, torch.Tensor], split: Split, cfg: TrainConfig, *,
           start: int, end: int, data_seed: int, augment: bool,
           resume: Checkpoint | None = None, checkpoint_every: int = 0,
           on_checkpoint: Callable[[Checkpoint], None] | None = None,
-          on_progress: Callable[[int], None] | None = None, label: str = "training") -> None:
+          on_progress: Callable[[int], None] | None = None, label: str = "training",
+          fused_optimizer: bool = False) -> None:
     """Train `model` in place from iteration `start` to `end` with `mask` held fixed.
 
     A fresh optimiser starts at `start` (momentum is not rewound; the learning-rate schedule is
     global, so it resumes at `start`). Pruned weights have their gradients zeroed and are re-zeroed
     after every step, so they stay exactly zero. Raises DivergenceError naming the iteration of the
     first non-finite loss; `on_checkpoint` is only ever called with a finite state.
+    `fused_optimizer` uses the fused SGD kernel where the device has one (same math, last-bit
+    rounding differences), else the foreach one.
     """
     device = next(model.parameters()).device
     params = dict(model.named_parameters())
     masked = [(params[n], m.to(device=device, dtype=params[n].dtype)) for n, m in mask.items()]
     masked_params, masked_values = [p for p, _ in masked], [m for _, m in masked]
-    opt = _optimizer(model, cfg)
+    opt = sgd_optimizer(model.parameters(), cfg, device, fused=None if fused_optimizer else False)
     if resume is not None:
         model.load_state_dict(resume.model_state)
         for name, buf in resume.momentum.items():
