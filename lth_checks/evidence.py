@@ -20,6 +20,7 @@ from .config import override
 from .errors import DivergenceError
 from .imp import Experiment
 from .measure import suite
+from .measure.branches import train_together
 from .measure.connectivity import PathResult, PathSettings
 from .pruning import excluded_names
 from .recipes import get_recipe, recipe_config
@@ -205,6 +206,11 @@ def claim2_series(ctx: ClaimContext, recipe: str, rewind: int) -> list[dict]:
     for e in exps:
         e.run()
     dense, eps, _ = _dense(exps)
+    s = ctx.settings
+    for e in exps:  # several branches at once where the cache lacks them (replica training)
+        train_together(e, [spec for level in ctx.branch_levels() for spec in
+                           [suite.sgd_noise_spec(e, level, s)] + [suite.perturb_spec(level, c, s)
+                                                                 for c in T.PERTURBATION_SIZES.value]])
     rows = []
     for level in ctx.branch_levels():
         level_err = V.mean_ci([_pp(e.result(level).test_error) for e in exps])
@@ -268,6 +274,9 @@ def claim3_levels(ctx: ClaimContext, recipe: str, tau_pp: float) -> list[dict]:
         e.run()
     dense, eps, _ = _dense(exps)
     s = ctx.settings
+    for e in exps:
+        train_together(e, [suite.oneshot_spec(level, p, strategy, s) for level in ctx.branch_levels()
+                           for strategy in STRATEGIES.values() for p in T.ONESHOT_GRID.value])
     rows = []
     for e in exps:
         for level in ctx.branch_levels():
@@ -308,7 +317,9 @@ def claim3(ctx: ClaimContext, recipe: str, part: str) -> dict:
     outcome["choices"] = outcome["choices"] + [
         f"Hessian: training loss, BN in eval mode, {ctx.settings.hessian_examples} training examples, "
         f"top {ctx.settings.hessian_k} eigenvalues by Lanczos; theory eps {ctx.settings.theory_eps} nats (ours)",
-        "theory spectrum: eigenvalues beyond the top k set to 0 (CLAIMS.md); the trace-tail variant is reported"]
+        "theory spectrum: eigenvalues beyond the top k set to 0 (CLAIMS.md); the trace-tail variant is reported",
+        f"3c: curvature of the magnitude direction vs the mean over {ctx.settings.random_directions} random "
+        "pruning directions of the same fraction (ours)"]
 
     def gather() -> dict:
         exps = ctx.lineages(recipe, ctx.late_rewind(recipe))

@@ -7,6 +7,7 @@ Errors and barriers enter in percentage points.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -166,6 +167,29 @@ def p_max(results: Sequence[tuple[float, bool, float]], tau_pp: float) -> float:
     return max(ok, default=0.0)
 
 
+EXACT_PERMUTATION_MAX_N = 8  # 8! = 40,320 orderings: cheap to enumerate
+
+
+def spearman_less(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Spearman rho and the one-sided p-value for rho < 0.
+
+    For a handful of levels scipy's t approximation is far too optimistic (4 perfectly ordered
+    points give p ~ 0 instead of 1/24), so small samples get the exact permutation p-value,
+    enumerated here because scipy.stats.permutation_test would call spearmanr 40,320 times.
+    """
+    res = stats.spearmanr(x, y, alternative="less")
+    rho = float(res.statistic)
+    if x.size > EXACT_PERMUTATION_MAX_N:
+        return rho, float(res.pvalue)
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    perms = np.array(list(itertools.permutations(range(x.size))))
+    ry_all = ry[perms]
+    cx = rx - rx.mean()
+    cy = ry_all - ry_all.mean(axis=1, keepdims=True)
+    rhos = (cy @ cx) / (np.sqrt((cy ** 2).sum(axis=1)) * np.sqrt((cx ** 2).sum()))
+    return rho, float(np.mean(rhos <= rho + 1e-12))
+
+
 def claim3a(top_eigenvalues: Sequence[float], p_max_values: Sequence[float]) -> Verdict:
     """Sharper solutions have smaller p_max: Spearman rho < 0, one-sided p < 0.05."""
     x, y = np.asarray(top_eigenvalues, float), np.asarray(p_max_values, float)
@@ -174,8 +198,7 @@ def claim3a(top_eigenvalues: Sequence[float], p_max_values: Sequence[float]) -> 
     if np.unique(y).size < 2 or np.unique(x).size < 2:
         return Verdict(INCONCLUSIVE, f"p_max does not vary across levels (all {y[0]:g}): the grid cannot discriminate",
                        {"points": int(x.size)})
-    res = stats.spearmanr(x, y, alternative="less")
-    rho, pval = float(res.statistic), float(res.pvalue)
+    rho, pval = spearman_less(x, y)
     effect = {"spearman_rho": rho, "p_value_one_sided": pval, "points": int(x.size)}
     if rho >= 0:
         return Verdict(FAIL, f"rank correlation of sharpness and p_max is {rho:+.2f} (>= 0)", effect)

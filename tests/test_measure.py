@@ -248,3 +248,26 @@ def test_batchnorm_reestimation_weights_examples_not_batches():
     x = values.view(10, 1, 1, 1).expand(10, 1, 2, 2).contiguous()
     reestimate_batchnorm(model, Split(x, torch.zeros(10, dtype=torch.long)), batch_size=4)
     assert float(model[0].running_mean) == pytest.approx(float(values.mean()))
+
+
+def test_branches_trained_together_equal_branches_trained_alone(tiny_config, tmp_path):
+    """Replica training of branches commits exactly what one-by-one training would (CPU loop mode)."""
+    from lth_checks.imp import Experiment
+    from lth_checks.measure.branches import train_together
+    from lth_checks.store import Store
+
+    specs = [BranchSpec("perturb", 0, c=1.0), BranchSpec("sgd_noise", 1, data_seed=7),
+             BranchSpec("oneshot", 1, fraction=0.5, strategy="random_global")]
+    together = Experiment(tiny_config, store=Store(tmp_path / "a"), device="cpu")
+    alone = Experiment(tiny_config, store=Store(tmp_path / "b"), device="cpu")
+    together.run(2)
+    alone.run(2)
+    assert train_together(together, specs) == 3
+    assert train_together(together, specs) == 0  # all cached now
+    for spec in specs:
+        a, b = Branch(together, spec), Branch(alone, spec)
+        ra, rb = a.result().to_dict(), b.result().to_dict()
+        ra.pop("wall_time_s"), rb.pop("wall_time_s")
+        assert ra == rb, spec
+        sa, sb = a.solution(), b.solution()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), spec

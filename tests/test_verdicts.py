@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from lth_checks import thresholds as T
@@ -91,6 +92,12 @@ def test_claim3a_rank_correlation():
     assert V.claim3a(sharp, [0.2, 0.2, 0.4, 0.6, 0.8, 0.9]).verdict == FAIL
     assert V.claim3a(sharp, [0.4] * 6).verdict == INCONCLUSIVE
     assert V.claim3a(sharp[:2], [0.4, 0.2]).verdict == INCONCLUSIVE
+
+
+def test_claim3a_small_samples_use_the_exact_permutation_p_value():
+    rho, p = V.spearman_less(np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.8, 0.6, 0.4, 0.2]))
+    assert rho == pytest.approx(-1.0) and p == pytest.approx(1 / 24)
+    assert V.claim3a([1.0, 2.0, 3.0], [0.8, 0.6, 0.4]).verdict == INCONCLUSIVE  # 1/6 > 0.05: too few levels
 
 
 def test_claim3b_theory_agreement():

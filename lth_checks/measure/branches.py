@@ -13,9 +13,11 @@ the same resumable, checkpointed loop as the IMP levels.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+from filelock import Timeout
 
 from ..config import PRUNE_STRATEGIES, to_dict
 from ..errors import ConfigError
@@ -148,13 +150,65 @@ class Branch:
                        start=cfg.rewind_iteration, end=cfg.train.iterations, data_seed=self.data_seed,
                        checkpoint_every=exp.checkpoint_every, progress=exp.progress, log=exp.log,
                        label=self.spec.label, fast=exp.fast, compile_model=exp.compile_model)
+        self._commit(model, mask, delta_norm, r, time.perf_counter() - started)
+
+    def _commit(self, model: torch.nn.Module, mask: Mask, delta_norm: float, r: float, seconds: float) -> None:
+        exp = self.parent
         metrics = exp.evaluate_model(model)
         result = BranchResult(spec=self.spec.key_dict(), alive=alive_count(mask), density=density(mask),
-                              perturbation_norm=delta_norm, scale_r=r,
-                              wall_time_s=round(time.perf_counter() - started, 3), **metrics)
+                              perturbation_norm=delta_norm, scale_r=r, wall_time_s=round(seconds, 3), **metrics)
         self.entry.write_tensors("mask", mask)
         self.entry.write_tensors("final", model.state_dict())
         self.entry.write_json("metrics.json", result.to_dict())  # commit marker: last
         self.entry.delete("checkpoint")
         exp.log(f"{self.spec.label}: test error {100 * result.test_error:.2f}%")
+
+
+def train_together(parent: Experiment, specs: Sequence[BranchSpec], group: int = 16) -> int:
+    """Train the branches of `specs` that are not cached yet several at a time, as replicas.
+
+    All branches of one lineage share the architecture and the iteration range (k to T), so they
+    train together through `replicas.train_replicas` (vmap on a GPU; on the CPU a loop that is
+    bitwise equal to training them one by one). Each result is committed to its own cache entry
+    exactly as `Branch.result()` would. Branches another process is training (lock held) are
+    left to it. Returns the number trained here.
+    """
+    from ..replicas import train_replicas
+
+    todo = [b for b in (Branch(parent, s) for s in specs) if not b.is_done()]
+    if len(todo) < 2:
+        return 0  # a single branch trains on demand, with in-level checkpoints
+    parent.require_training(f"{len(todo)} branch experiments")
+    cfg, trained = parent.config, 0
+    for first in range(0, len(todo), group):
+        batch, locks = [], []
+        try:
+            for b in todo[first:first + group]:
+                lock = b.entry.lock()
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
+                    continue  # another process is training it
+                locks.append(lock)
+                if not b.is_done():
+                    batch.append(b)
+            if not batch:
+                continue
+            started = time.perf_counter()
+            starts = [b._start() for b in batch]
+            models = [parent.model_with(state, mask) for mask, state, _, _ in starts]
+            finals = train_replicas(parent.build_model(), [m.state_dict() for m in models],
+                                    [mask for mask, _, _, _ in starts], parent.dataset.train, cfg.train,
+                                    start=cfg.rewind_iteration, end=cfg.train.iterations,
+                                    data_seeds=[b.data_seed for b in batch], augment=cfg.data.augment,
+                                    label=f"{len(batch)} branches of {cfg.recipe}")
+            seconds = (time.perf_counter() - started) / len(batch)
+            for b, model, final, (mask, _, delta_norm, r) in zip(batch, models, finals, starts):
+                model.load_state_dict(final)
+                b._commit(model, mask, delta_norm, r, seconds)
+                trained += 1
+        finally:
+            for lock in locks:
+                lock.release()
+    return trained
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from ..config import to_dict
 from ..imp import Experiment
 from ..pruning import alive_count, excluded_names, prunable_weights
@@ -32,6 +34,7 @@ class MeasureSettings:
     trace_samples: int = 30  # Hutchinson probes
     theory_eps: float = 0.1  # loss tolerance (nats) of the sublevel set in the quadratic model (ours)
     p_grid: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 0.9)
+    random_directions: int = 5  # random pruning directions averaged against the magnitude one (ours)
     seed: int = 0
 
 
@@ -68,13 +71,26 @@ def branch_barrier(exp: Experiment, spec: BranchSpec, s: MeasureSettings = Measu
     return _cached(exp, "branch_path", {"branch": spec.key_dict(), "path": asdict(s.path)}, compute)
 
 
+def perturb_spec(level: int, c: float, s: MeasureSettings = MeasureSettings()) -> BranchSpec:
+    return BranchSpec("perturb", level, c=c, noise_seed=s.seed)
+
+
+def sgd_noise_spec(exp: Experiment, level: int, s: MeasureSettings = MeasureSettings()) -> BranchSpec:
+    """The data-order seed of the SGD-noise twin: offset from the replicate's own seed."""
+    return BranchSpec("sgd_noise", level, data_seed=exp.config.seed + 1_000 + s.seed)
+
+
+def oneshot_spec(level: int, fraction: float, strategy: str, s: MeasureSettings = MeasureSettings()) -> BranchSpec:
+    return BranchSpec("oneshot", level, fraction=fraction, strategy=strategy, noise_seed=s.seed)
+
+
 def perturbation_barrier(exp: Experiment, level: int, c: float, s: MeasureSettings = MeasureSettings()) -> dict:
-    return branch_barrier(exp, BranchSpec("perturb", level, c=c, noise_seed=s.seed), s)
+    return branch_barrier(exp, perturb_spec(level, c, s), s)
 
 
 def sgd_noise_barrier(exp: Experiment, level: int, s: MeasureSettings = MeasureSettings()) -> dict:
     """Two copies from m_L * w_k that differ only in data order (LMC's instability test)."""
-    return branch_barrier(exp, BranchSpec("sgd_noise", level, data_seed=exp.config.seed + 1_000 + s.seed), s)
+    return branch_barrier(exp, sgd_noise_spec(exp, level, s), s)
 
 
 def _hessian_inputs(exp: Experiment, s: MeasureSettings):
@@ -119,7 +135,11 @@ def prune_limit(exp: Experiment, level: int, strategy: str, s: MeasureSettings =
 
 
 def pruning_direction_curvature(exp: Experiment, level: int, s: MeasureSettings = MeasureSettings()) -> dict:
-    """Rayleigh quotients of the magnitude-pruning direction and a random one of the same size (Claim 3c)."""
+    """Rayleigh quotients of the magnitude-pruning direction and of random pruning directions (Claim 3c).
+
+    "A random one of the same size" is a random variable: its curvature is averaged over
+    `s.random_directions` draws (each removing the same number of weights), and every draw is kept.
+    """
     def compute() -> dict:
         model = exp.solution_model(level)
         excluded = excluded_names(model, exp.config.prune)
@@ -130,26 +150,29 @@ def pruning_direction_curvature(exp: Experiment, level: int, s: MeasureSettings 
         h = RestrictedHessian(model, mask, sub.inputs, sub.targets)
         p = exp.config.prune.fraction
         seed = derive_seed(exp.config.seed, level, s.seed)
-        directions = {"magnitude": projection_delta(weights, pool, p, "magnitude"),
-                      "random_prune": projection_delta(weights, pool, p, "random", seed=seed)}
-        out = {}
-        for name, d in directions.items():
+
+        def measured(d: dict) -> dict:
             full = {n: d.get(n, weights[n] * 0) for n in mask}
             norm = float(sum(v.double().square().sum() for v in full.values()) ** 0.5)
-            out[name] = {"rayleigh": rayleigh_quotient(h, full), "norm": norm}
+            return {"rayleigh": rayleigh_quotient(h, full), "norm": norm}
+
+        out = {"magnitude": measured(projection_delta(weights, pool, p, "magnitude"))}
+        draws = [measured(projection_delta(weights, pool, p, "random", seed=derive_seed(seed, i)))
+                 for i in range(s.random_directions)]
+        out["random_prune"] = {"rayleigh": float(np.mean([d["rayleigh"] for d in draws])),
+                               "norm": float(np.mean([d["norm"] for d in draws])), "draws": draws}
         iso = gaussian_direction(mask, out["magnitude"]["norm"], seed)
         out["gaussian"] = {"rayleigh": rayleigh_quotient(h, iso), "norm": out["magnitude"]["norm"]}
         return out
 
     return _cached(exp, "direction_curvature", {"level": level, "examples": s.hessian_examples, "seed": s.seed,
-                                                "rng": 2}, compute)
+                                                "random_directions": s.random_directions, "rng": 2}, compute)
 
 
 def oneshot(exp: Experiment, level: int, fraction: float, strategy: str,
             s: MeasureSettings = MeasureSettings()) -> dict:
     """One-shot prune of w_L by `fraction`, rewind, retrain; with the path back to w_L."""
-    return branch_barrier(exp, BranchSpec("oneshot", level, fraction=fraction, strategy=strategy,
-                                          noise_seed=s.seed), s)
+    return branch_barrier(exp, oneshot_spec(level, fraction, strategy, s), s)
 
 
 def weight_statistics(exp: Experiment, level: int) -> dict:
