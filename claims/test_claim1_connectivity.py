@@ -1,7 +1,7 @@
 """Claim 1: at higher sparsities, successive IMP levels are linearly connected iff the next is matching."""
 
 from lth_checks import evidence
-from lth_checks.pruning import excluded_names, is_nested, round_half_up
+from lth_checks.pruning import is_nested, round_half_up
 
 
 def test_imp_protocol(lth, recipe, rewind):
@@ -9,9 +9,7 @@ def test_imp_protocol(lth, recipe, rewind):
     for exp in lth.lineages(recipe, rewind):
         results = exp.run()
         p = exp.config.prune.fraction
-        model = exp.build_model()
-        excluded = excluded_names(model, exp.config.prune)
-        ranked = [n for n in model.prunable_names() if n not in excluded]
+        excluded, ranked = exp.excluded, exp.ranked_names
         expected_alive = sum(exp.mask(0)[n].numel() for n in ranked)
         for level in range(1, len(results)):
             mask, previous = exp.mask(level), exp.mask(level - 1)

@@ -22,7 +22,6 @@ from .imp import Experiment
 from .measure import suite
 from .measure.branches import train_together
 from .measure.connectivity import PathResult, PathSettings
-from .pruning import excluded_names
 from .recipes import get_recipe, recipe_config
 from .store import Store
 
@@ -348,13 +347,6 @@ def claim3(ctx: ClaimContext, recipe: str, part: str) -> dict:
     return _diverged(gather, outcome, started)
 
 
-def _ranked_pool(exp: Experiment) -> list[str]:
-    """The prunable weights the pruning strategy ranks (excluded layers left out)."""
-    model = exp.build_model()
-    excluded = excluded_names(model, exp.config.prune)
-    return [n for n in model.prunable_names() if n not in excluded]
-
-
 def _claim3d(ctx: ClaimContext, recipe: str, outcome: dict, exps: list[Experiment], started: float) -> dict:
     """One-shot prune the dense solution straight to the density of the sparsest IMP level that is
     still matching (where 20% steps succeed), rewind, retrain, and compare (ours: the claim's "high
@@ -374,7 +366,7 @@ def _claim3d(ctx: ClaimContext, recipe: str, outcome: dict, exps: list[Experimen
     density = exps[0].result(target).density
     # The fraction applies to the weights the strategy ranks, so excluded layers (a dense output
     # layer) are left out of it: the one-shot mask then keeps exactly as many weights as IMP's.
-    pool = _ranked_pool(exps[0])
+    pool = exps[0].ranked_names
     target_mask = exps[0].mask(target)
     alive = sum(int(target_mask[n].sum()) for n in pool)
     total = sum(target_mask[n].numel() for n in pool)

@@ -21,7 +21,7 @@ from .config import IMPConfig
 from .data import Dataset, Split, load_dataset
 from .errors import CacheError
 from .models import PrunableModel, build_model
-from .pruning import Mask, alive_count, apply_mask, dense_mask, prune_model, total_count
+from .pruning import Mask, alive_count, apply_mask, dense_mask, excluded_names, prune_model, total_count
 from .speed import eager, maybe_compile, prepare_model
 from .store import Entry, Store
 from .training import Checkpoint, derive_seed, evaluate, train
@@ -127,6 +127,16 @@ class Experiment:
         model = build_model(self.config.model, ds.input_shape, ds.num_classes,
                             seed=derive_seed("init", self.config.seed)).to(self.device)
         return prepare_model(model, self.device) if self.fast else model
+
+    @cached_property
+    def excluded(self) -> frozenset[str]:
+        """Prunable weights the strategy never ranks (e.g. a dense output layer)."""
+        return frozenset(excluded_names(self.build_model(), self.config.prune))
+
+    @cached_property
+    def ranked_names(self) -> list[str]:
+        """The prunable weights the pruning strategy ranks, in model order."""
+        return [n for n in self.build_model().prunable_names() if n not in self.excluded]
 
     def model_with(self, state: dict[str, torch.Tensor], mask: Mask | None = None) -> PrunableModel:
         model = self.build_model()

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config import to_dict
 from ..imp import Experiment
-from ..pruning import alive_count, excluded_names, prunable_weights
+from ..pruning import alive_count, prunable_weights
 from ..training import derive_seed
 from .branches import Branch, BranchSpec
 from .connectivity import PathResult, PathSettings, evaluate_path
@@ -119,8 +119,7 @@ def prune_limit(exp: Experiment, level: int, strategy: str, s: MeasureSettings =
     """
     h = hessian(exp, level, s)
     model = exp.solution_model(level)
-    excluded = excluded_names(model, exp.config.prune)
-    mask = {n: m for n, m in exp.mask(level).items() if n not in excluded}
+    mask = {n: m for n, m in exp.mask(level).items() if n not in exp.excluded}
     weights = prunable_weights(model)
     alive = alive_count(mask)
     eig = list(h["top_eigenvalues"])
@@ -142,9 +141,8 @@ def pruning_direction_curvature(exp: Experiment, level: int, s: MeasureSettings 
     """
     def compute() -> dict:
         model = exp.solution_model(level)
-        excluded = excluded_names(model, exp.config.prune)
         mask = exp.mask(level)
-        pool = {n: m for n, m in mask.items() if n not in excluded}
+        pool = {n: m for n, m in mask.items() if n not in exp.excluded}
         weights = prunable_weights(model)
         sub = _hessian_inputs(exp, s)
         h = RestrictedHessian(model, mask, sub.inputs, sub.targets)

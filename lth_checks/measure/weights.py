@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..imp import Experiment
-from ..pruning import density, excluded_names, prunable_weights, prune
+from ..pruning import density, prunable_weights, prune
 
 HISTOGRAM_BINS = 40
 
@@ -55,12 +55,6 @@ def histogram(values: dict[str, torch.Tensor], bins: int = HISTOGRAM_BINS) -> di
             **{k: np.histogram(v.numpy(), bins=edges)[0].tolist() for k, v in values.items()}}
 
 
-def _pool(exp: Experiment) -> tuple[list[str], set[str]]:
-    model = exp.build_model()
-    excluded = excluded_names(model, exp.config.prune)
-    return [n for n in model.prunable_names() if n not in excluded], excluded
-
-
 def _projection(exp: Experiment, level: int, names: list[str]) -> dict:
     """P(w_L) of IMP's own next mask: its length and the projected network's metrics."""
     w_l = prunable_weights(exp.solution_model(level))
@@ -73,7 +67,7 @@ def _projection(exp: Experiment, level: int, names: list[str]) -> dict:
 
 def level_statistics(exp: Experiment, level: int) -> dict:
     """Claim-4 statistics of level `level` (trains levels L and L+1 if they are not cached)."""
-    names, excluded = _pool(exp)
+    names, excluded = exp.ranked_names, exp.excluded
     p = exp.config.prune.fraction
     proj = _projection(exp, level, names)
     w_l, m_next, projected_metrics = proj["weights"], proj["next_mask"], proj["metrics"]
@@ -113,7 +107,7 @@ def no_retrain_chain(exp: Experiment, level: int, steps: int) -> list[dict]:
     Step s has density density(L) * (1 - p)^s; its relative projection length is measured against
     the previous step's weights, like IMP's, and its error is that of the projected network.
     """
-    names, excluded = _pool(exp)
+    names, excluded = exp.ranked_names, exp.excluded
     cfg = exp.config.prune
     state = exp.solution(level)
     mask = exp.mask(level)
@@ -133,7 +127,7 @@ def no_retrain_chain(exp: Experiment, level: int, steps: int) -> list[dict]:
 
 def imp_projection_series(exp: Experiment, first: int, last: int) -> list[dict]:
     """IMP's own projection length and projected error for levels first..last (the retrained chain)."""
-    names, _ = _pool(exp)
+    names = exp.ranked_names
     rows = []
     for level in range(first, last + 1):
         proj = _projection(exp, level, names)
