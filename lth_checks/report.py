@@ -32,6 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import __version__
 from . import thresholds as T
 
@@ -1160,7 +1162,12 @@ def _fig_flatness(doc: dict, oa: dict | None, ob: dict | None):
             d = _num(sel[0].get("density"))
             label = f"level {level}" + (f" ({fmt_pct(d)} alive)" if d else "")
             ax1.scatter([r["top_eigenvalue"] for r in sel], [r["p_max_magnitude"] for r in sel], s=40,
-                        color=_COLORS[i % len(_COLORS)], label=label)
+                        color=_COLORS[i % len(_COLORS)], label=label, alpha=0.6)
+            # the rank correlation is computed on per-level means over replicates: show them
+            ax1.scatter([float(np.mean([r["top_eigenvalue"] for r in sel]))],
+                        [float(np.mean([r["p_max_magnitude"] for r in sel]))], marker="X", s=110,
+                        color=_COLORS[i % len(_COLORS)], edgecolor="black", linewidth=0.8,
+                        label="level mean (used by ρ)" if i == 0 else None)
         eig = [r["top_eigenvalue"] for r in left]
         if min(eig) > 0 and max(eig) / min(eig) > 20:
             ax1.set_xscale("log")
@@ -1191,7 +1198,7 @@ def _fig_flatness(doc: dict, oa: dict | None, ob: dict | None):
         ax2.set_xlim(-0.05, 1.0)
         ax2.set_ylim(-0.05, 1.0)
         ax2.set_aspect("equal")
-        ax2.legend(fontsize=8, loc="upper left")
+        ax2.legend(fontsize=8, loc="lower right")
         ax2.set_title("Claim 3b: predicted p* vs measured p_max", fontsize=10)
     else:
         ax2.text(0.5, 0.5, "no Claim 3b data", ha="center", va="center", transform=ax2.transAxes)
