@@ -18,7 +18,7 @@ from . import thresholds as T
 from . import verdicts as V
 from .config import override
 from .errors import DivergenceError
-from .imp import Experiment
+from .imp import Experiment, run_together
 from .measure import suite
 from .measure.branches import train_together
 from .measure.connectivity import PathResult, PathSettings
@@ -109,7 +109,11 @@ class ClaimContext:
         return self._experiments[key]
 
     def lineages(self, recipe: str, rewind: int) -> list[Experiment]:
-        return [self.experiment(recipe, rewind, seed) for seed in range(self.n_replicates())]
+        """The replicates of one recipe and rewind, trained side by side where the cache lacks them."""
+        exps = [self.experiment(recipe, rewind, seed) for seed in range(self.n_replicates())]
+        if not self.cache_only:
+            run_together(exps, self.last_level())
+        return exps
 
 
 def _base(claim: str, title: str, recipe: str, ctx: ClaimContext, names: list[str]) -> dict:

@@ -9,13 +9,15 @@ periodically, so an interrupted run resumes where it stopped and gives identical
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import torch
+from filelock import Timeout
 
 from .config import IMPConfig
 from .data import Dataset, Split, load_dataset
@@ -245,9 +247,12 @@ class Experiment:
         model = self.model_with(self.rewind_state(), mask)
         self._train_segment(model, mask, self._name(level, "train"), cfg.rewind_iteration,
                             cfg.train.iterations, f"level {level}")
+        return self._commit_level(level, model, mask, time.perf_counter() - started)
+
+    def _commit_level(self, level: int, model: PrunableModel, mask: Mask, seconds: float) -> LevelResult:
         result = LevelResult(level=level, alive=alive_count(mask), total=total_count(mask),
                              density=alive_count(mask) / total_count(mask), **self.evaluate_model(model),
-                             wall_time_s=round(time.perf_counter() - started, 3), device=str(self.device))
+                             wall_time_s=round(seconds, 3), device=str(self.device))
         self.entry.write_tensors(self._name(level, "final"), model.state_dict())
         self.entry.write_json(self._name(level, "metrics.json"), result.to_dict())  # commit marker: last
         self.entry.delete(self._name(level, "train_checkpoint"))
@@ -264,6 +269,81 @@ class Experiment:
                         res = self._train_level(level)
                         self.log(f"level {level}: density {res.density:.4f}  test error {100 * res.test_error:.2f}%")
         return [self.result(level) for level in range(last + 1)]
+
+
+def run_together(experiments: Sequence[Experiment], levels: int | None = None) -> int:
+    """Train lineages that differ only in their seed side by side, level by level, as replicas.
+
+    Replicates of one recipe and rewind share the architecture and the iteration range, so their
+    pretraining and each level train together through `replicas.train_replicas` (vmap on a GPU,
+    where one small model leaves it idle; on the CPU a loop bitwise equal to one-by-one training).
+    Levels are committed to each lineage's own cache entry exactly as `Experiment.run` would;
+    lineages another process holds are left to it. Returns the number of trainings done here.
+    """
+    from .replicas import train_replicas
+
+    groups: dict[str, list[Experiment]] = {}
+    for e in experiments:
+        shared = {k: v for k, v in e.config.key_dict().items() if k != "seed"}
+        groups.setdefault(json.dumps(shared, sort_keys=True) + str(e.device), []).append(e)
+    trained = 0
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        cfg = group[0].config
+        last = cfg.levels if levels is None else levels
+        if cfg.rewind_iteration > 0:
+            trained += _together(train_replicas, [e for e in group if not e.entry.has_tensors("rewind")],
+                                 0, cfg.rewind_iteration, "pretraining",
+                                 lambda e: (dense_mask(e.build_model()), e.initial_state()),
+                                 lambda e, model, mask, seconds, k=cfg.rewind_iteration: e.entry.write_tensors(
+                                     "rewind", model.state_dict(), {"iteration": str(k)}))
+        for level in range(last + 1):
+            trained += _together(train_replicas, [e for e in group if not e.is_done(level)],
+                                 cfg.rewind_iteration, cfg.train.iterations, f"level {level}",
+                                 lambda e, level=level: (e.mask(level), e.rewind_state()),
+                                 lambda e, model, mask, seconds, level=level: e._commit_level(level, model, mask,
+                                                                                              seconds))
+    return trained
+
+
+def _together(train_replicas: Callable, todo: list[Experiment], start: int, end: int, label: str,
+              begin: Callable[[Experiment], tuple[Mask, dict]], commit: Callable) -> int:
+    """One segment of `run_together`: lock, train the unlocked unfinished lineages, commit each."""
+    if len(todo) < 2:
+        return 0  # a single lineage trains on demand, with in-level checkpoints
+    batch, locks = [], []
+    try:
+        for e in todo:
+            lock = e.entry.lock()
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue  # another process is training it
+            locks.append(lock)
+            batch.append(e)
+        if len(batch) < 2:
+            return 0
+        for e in batch:
+            e.require_training(label)
+            e.entry.ensure()
+        started = time.perf_counter()
+        starts = [begin(e) for e in batch]
+        models = [e.model_with(state, mask) for e, (mask, state) in zip(batch, starts)]
+        cfg = batch[0].config
+        finals = train_replicas(batch[0].build_model(), [m.state_dict() for m in models],
+                                [mask for mask, _ in starts], batch[0].dataset.train, cfg.train, start=start,
+                                end=end, data_seeds=[e.config.seed for e in batch], augment=cfg.data.augment,
+                                label=f"{cfg.recipe} {label} x{len(batch)}")
+        seconds = (time.perf_counter() - started) / len(batch)
+        for e, model, final, (mask, _) in zip(batch, models, finals, starts):
+            model.load_state_dict(final)
+            commit(e, model, mask, seconds)
+            e.log(f"{label} of seed {e.config.seed} trained with {len(batch) - 1} other replicate(s)")
+        return len(batch)
+    finally:
+        for lock in locks:
+            lock.release()
 
 
 def train_in_entry(entry: Entry, checkpoint_name: str, model: PrunableModel, mask: Mask, split: Split,
