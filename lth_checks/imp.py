@@ -293,13 +293,13 @@ def run_together(experiments: Sequence[Experiment], levels: int | None = None) -
         cfg = group[0].config
         last = cfg.levels if levels is None else levels
         if cfg.rewind_iteration > 0:
-            trained += _together(train_replicas, [e for e in group if not e.entry.has_tensors("rewind")],
+            trained += _together(train_replicas, group, lambda e: not e.entry.has_tensors("rewind"),
                                  0, cfg.rewind_iteration, "pretraining",
                                  lambda e: (dense_mask(e.build_model()), e.initial_state()),
                                  lambda e, model, mask, seconds, k=cfg.rewind_iteration: e.entry.write_tensors(
                                      "rewind", model.state_dict(), {"iteration": str(k)}))
         for level in range(last + 1):
-            trained += _together(train_replicas, [e for e in group if not e.is_done(level)],
+            trained += _together(train_replicas, group, lambda e, level=level: not e.is_done(level),
                                  cfg.rewind_iteration, cfg.train.iterations, f"level {level}",
                                  lambda e, level=level: (e.mask(level), e.rewind_state()),
                                  lambda e, model, mask, seconds, level=level: e._commit_level(level, model, mask,
@@ -307,21 +307,23 @@ def run_together(experiments: Sequence[Experiment], levels: int | None = None) -
     return trained
 
 
-def _together(train_replicas: Callable, todo: list[Experiment], start: int, end: int, label: str,
-              begin: Callable[[Experiment], tuple[Mask, dict]], commit: Callable) -> int:
-    """One segment of `run_together`: lock, train the unlocked unfinished lineages, commit each."""
-    if len(todo) < 2:
+def _together(train_replicas: Callable, group: list[Experiment], needed: Callable[[Experiment], bool],
+              start: int, end: int, label: str, begin: Callable[[Experiment], tuple[Mask, dict]],
+              commit: Callable) -> int:
+    """One segment of `run_together`: lock, train the lineages that still need it, commit each."""
+    if sum(map(needed, group)) < 2:
         return 0  # a single lineage trains on demand, with in-level checkpoints
     batch, locks = [], []
     try:
-        for e in todo:
+        for e in group:
             lock = e.entry.lock()
             try:
                 lock.acquire(timeout=0)
             except Timeout:
                 continue  # another process is training it
             locks.append(lock)
-            batch.append(e)
+            if needed(e):  # checked again under the lock: another process may have just finished it
+                batch.append(e)
         if len(batch) < 2:
             return 0
         for e in batch:
