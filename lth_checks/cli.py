@@ -12,7 +12,7 @@ from . import __version__
 from .bench import add_parser as add_bench_parser
 from .config import IMPConfig, canonical_json, override, to_dict
 from .errors import ConfigError, LthError
-from .imp import Experiment, LevelResult, configure_cpu_threads
+from .imp import DEFAULT_CHECKPOINT_EVERY, Experiment, LevelResult, configure_cpu_threads
 from .recipes import RECIPES, get_recipe, recipe_config
 from .store import Store
 
@@ -35,6 +35,9 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", choices=("auto", "on", "off"), default="auto",
                    help="channels_last + fused SGD (auto: on CUDA); not part of the cache key")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    p.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY, metavar="N",
+                   help=f"save a resumable checkpoint every N iterations inside a level (default "
+                        f"{DEFAULT_CHECKPOINT_EVERY}; not part of the cache key)")
 
 
 def config_from_args(args: argparse.Namespace) -> IMPConfig:
@@ -46,7 +49,8 @@ def experiment_from_args(args: argparse.Namespace, progress: bool = True) -> Exp
     configure_cpu_threads(args.device)
     return Experiment(config_from_args(args), store=Store(args.cache_dir), device=args.device,
                       data_root=args.data_root, progress=progress, log=_log,
-                      fast={"auto": None, "on": True, "off": False}[args.fast], compile_model=args.compile)
+                      fast={"auto": None, "on": True, "off": False}[args.fast], compile_model=args.compile,
+                      checkpoint_every=args.checkpoint_every)
 
 
 def format_table(results: Sequence[LevelResult]) -> str:

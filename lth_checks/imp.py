@@ -21,7 +21,7 @@ from filelock import Timeout
 
 from .config import IMPConfig
 from .data import Dataset, Split, load_dataset
-from .errors import CacheError
+from .errors import CacheError, ConfigError
 from .models import PrunableModel, build_model
 from .pruning import Mask, alive_count, apply_mask, dense_mask, excluded_names, prune_model, total_count
 from .speed import eager, maybe_compile, prepare_model
@@ -104,6 +104,8 @@ class Experiment:
         self.fast = self.device.type == "cuda" if fast is None else fast
         self.compile_model = compile_model
         self.data_root = data_root
+        if checkpoint_every < 0:
+            raise ConfigError(f"checkpoint interval must be >= 0 iterations (0 = none), got {checkpoint_every}")
         self.checkpoint_every = checkpoint_every
         self.progress = progress
         self.log = log or (lambda msg: None)
