@@ -16,7 +16,7 @@ Measured in one run, on the same device:
    (:func:`lth_checks.replicas.train_replicas`, each execution mode) vs one at a time
    (R x the per-iteration time of ``train``);
 3. barrier-grid evaluation: grid points per second of
-   :func:`measure.connectivity.evaluate_path` vs :func:`replicas.evaluate_path_batched`
+   :func:`measure.connectivity.evaluate_path` vs :func:`measure.connectivity.evaluate_path_batched`
    (batch-norm re-estimation on, as in the default measurement);
 4. Hessian-vector products per second of :class:`measure.hessian.RestrictedHessian` (both
    HVP methods).
@@ -320,8 +320,7 @@ def time_replicas(data: BenchData, s: BenchSettings, device: torch.device, r: in
 # ----------------------------------------------------------------------------- 3. barrier grid
 
 def time_barrier_grid(data: BenchData, s: BenchSettings, device: torch.device) -> dict:
-    from .measure.connectivity import PathSettings, evaluate_path
-    from .replicas import evaluate_path_batched
+    from .measure.connectivity import PathSettings, evaluate_path, evaluate_path_batched
 
     a, b = clone_state(_model(s, device, 0)), clone_state(_model(s, device, 1))
     test = Split(data.test.inputs[:s.path_examples], data.test.targets[:s.path_examples])

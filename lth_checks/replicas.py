@@ -36,16 +36,14 @@ Semantics are those of :func:`lth_checks.training.train`, replica by replica:
   iteration.
 
 Evaluation: :func:`evaluate_replicas` gives :func:`training.evaluate`'s error and loss for every
-replica in one pass over the data; :func:`evaluate_path_batched` evaluates a whole grid of
-interpolation points as replicas, with batch-norm statistics either interpolated or re-estimated
-per grid point exactly as :func:`measure.connectivity.evaluate_path` does.
+replica in one pass over the data; :func:`measure.connectivity.evaluate_path_batched` builds on
+these pieces to evaluate a whole grid of interpolation points as replicas.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
 
 import torch
 from torch import nn
@@ -64,7 +62,6 @@ EXECUTIONS = ("auto", "vmap", "loop")
 __all__ = [
     "EXECUTIONS",
     "ReplicaDivergenceError",
-    "evaluate_path_batched",
     "evaluate_replicas",
     "reestimate_batchnorm_stacked",
     "resolve_execution",
@@ -464,44 +461,3 @@ def reestimate_batchnorm_stacked(fmodel: nn.Module, params: State, buffers: Stat
         for m, momentum in saved:
             m.momentum = momentum
         fmodel.train(was_training)
-
-
-def evaluate_path_batched(model: nn.Module, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
-                          test: Split, train: Split, settings=None, precision: str = "fp32", *,
-                          execution: str = "auto", max_replicas: int | None = None):
-    """`measure.connectivity.evaluate_path` with the grid points evaluated as replicas.
-
-    Same grid, same interpolation (``interpolate_state``), same batch-norm handling
-    ("reestimate": running statistics reset and re-estimated per grid point on the first
-    `settings.bn_examples` examples of `train`, in batches of 500; "interpolate": interpolated
-    like the weights), same evaluation; returns the same PathResult. At most `max_replicas`
-    grid points share a pass (all by default). Like evaluate_path, `model` is left holding
-    theta(1) (with its re-estimated statistics).
-    """
-    from .measure.connectivity import PathResult, PathSettings, _has_batchnorm, interpolate_state
-
-    settings = settings if settings is not None else PathSettings()
-    alphas = settings.alphas
-    has_bn = _has_batchnorm(model)
-    reestimate = settings.bn_mode == "reestimate" and has_bn
-    bn_subset = Split(train.inputs[:settings.bn_examples], train.targets[:settings.bn_examples])
-    device = _device_of(model, [state_a])
-    execution = resolve_execution(execution, device)
-    fmodel = _meta_copy(model)
-    a, b = dict(state_a), dict(state_b)
-    curves: dict[str, list[float]] = {k: [] for k in ("test_error", "test_loss", "train_error", "train_loss")}
-    last_state: State | None = None
-    for chunk in _chunks(len(alphas), max_replicas):
-        params, buffers = stack_states(model, [interpolate_state(a, b, alphas[i]) for i in chunk], device)
-        if reestimate:
-            reestimate_batchnorm_stacked(fmodel, params, buffers, bn_subset, precision=precision, execution=execution)
-        for split_name, split in (("test", test), ("train", train)):
-            for res in _evaluate_stacked(fmodel, params, buffers, split, settings.batch_size, precision, device,
-                                         execution):
-                curves[f"{split_name}_error"].append(res.error)
-                curves[f"{split_name}_loss"].append(res.loss)
-        last_state = unstack_state(model, params, buffers, len(chunk) - 1)
-    assert last_state is not None
-    model.load_state_dict(last_state)
-    bn_mode = settings.bn_mode if has_bn else "none (no batch norm)"
-    return PathResult(alphas=alphas, bn_mode=bn_mode, settings=asdict(settings), **curves)

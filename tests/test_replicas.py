@@ -19,13 +19,12 @@ import torch
 from lth_checks.config import ModelConfig, TrainConfig
 from lth_checks.data import Split
 from lth_checks.errors import ConfigError, DivergenceError
-from lth_checks.measure.connectivity import PathSettings, evaluate_path
+from lth_checks.measure.connectivity import PathSettings, evaluate_path, evaluate_path_batched
 from lth_checks.models import build_model
 from lth_checks.pruning import dense_mask, prune
 from lth_checks.replicas import (
     ReplicaDivergenceError,
     _ReplicaBatches,
-    evaluate_path_batched,
     evaluate_replicas,
     resolve_execution,
     train_replicas,

@@ -12,6 +12,7 @@ own endpoints), so they are never negative and a state compared with itself give
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -19,6 +20,17 @@ import torch
 from torch import nn
 
 from ..data import Split
+from ..replicas import (
+    State,
+    _chunks,
+    _device_of,
+    _evaluate_stacked,
+    _meta_copy,
+    reestimate_batchnorm_stacked,
+    resolve_execution,
+    stack_states,
+    unstack_state,
+)
 from ..training import autocast, evaluate
 
 BN_MODES = ("reestimate", "interpolate")
@@ -168,4 +180,43 @@ def evaluate_path(model: nn.Module, state_a: dict[str, torch.Tensor], state_b: d
             curves[f"{split_name}_error"].append(res.error)
             curves[f"{split_name}_loss"].append(res.loss)
     bn_mode = settings.bn_mode if _has_batchnorm(model) else "none (no batch norm)"
+    return PathResult(alphas=alphas, bn_mode=bn_mode, settings=asdict(settings), **curves)
+
+
+def evaluate_path_batched(model: nn.Module, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
+                          test: Split, train: Split, settings=None, precision: str = "fp32", *,
+                          execution: str = "auto", max_replicas: int | None = None):
+    """`measure.connectivity.evaluate_path` with the grid points evaluated as replicas.
+
+    Same grid, same interpolation (``interpolate_state``), same batch-norm handling
+    ("reestimate": running statistics reset and re-estimated per grid point on the first
+    `settings.bn_examples` examples of `train`, in batches of 500; "interpolate": interpolated
+    like the weights), same evaluation; returns the same PathResult. At most `max_replicas`
+    grid points share a pass (all by default). Like evaluate_path, `model` is left holding
+    theta(1) (with its re-estimated statistics).
+    """
+    settings = settings if settings is not None else PathSettings()
+    alphas = settings.alphas
+    has_bn = _has_batchnorm(model)
+    reestimate = settings.bn_mode == "reestimate" and has_bn
+    bn_subset = Split(train.inputs[:settings.bn_examples], train.targets[:settings.bn_examples])
+    device = _device_of(model, [state_a])
+    execution = resolve_execution(execution, device)
+    fmodel = _meta_copy(model)
+    a, b = dict(state_a), dict(state_b)
+    curves: dict[str, list[float]] = {k: [] for k in ("test_error", "test_loss", "train_error", "train_loss")}
+    last_state: State | None = None
+    for chunk in _chunks(len(alphas), max_replicas):
+        params, buffers = stack_states(model, [interpolate_state(a, b, alphas[i]) for i in chunk], device)
+        if reestimate:
+            reestimate_batchnorm_stacked(fmodel, params, buffers, bn_subset, precision=precision, execution=execution)
+        for split_name, split in (("test", test), ("train", train)):
+            for res in _evaluate_stacked(fmodel, params, buffers, split, settings.batch_size, precision, device,
+                                         execution):
+                curves[f"{split_name}_error"].append(res.error)
+                curves[f"{split_name}_loss"].append(res.loss)
+        last_state = unstack_state(model, params, buffers, len(chunk) - 1)
+    assert last_state is not None
+    model.load_state_dict(last_state)
+    bn_mode = settings.bn_mode if has_bn else "none (no batch norm)"
     return PathResult(alphas=alphas, bn_mode=bn_mode, settings=asdict(settings), **curves)
