@@ -17,7 +17,7 @@ from ..imp import Experiment
 from ..pruning import alive_count, prunable_weights
 from ..training import derive_seed
 from .branches import Branch, BranchSpec
-from .connectivity import PathResult, PathSettings, evaluate_path
+from .connectivity import PathResult, PathSettings, evaluate_path, evaluate_path_batched
 from .hessian import RestrictedHessian, rayleigh_quotient, summarize_hessian
 from .perturbation import gaussian_direction
 from .theory import predicted_prune_limit, projection_delta, projection_distance
@@ -49,8 +49,10 @@ def _cached(exp: Experiment, what: str, params: dict, compute: Callable[[], dict
 
 
 def _path(exp: Experiment, state_a: dict, state_b: dict, settings: PathSettings) -> dict:
-    return evaluate_path(exp.build_model(), state_a, state_b, exp.dataset.test, exp.eval_train, settings,
-                         exp.config.train.precision).to_dict()
+    """The path's curves; on a GPU all grid points are evaluated at once (vmap over replicas)."""
+    fn = evaluate_path_batched if exp.device.type == "cuda" else evaluate_path
+    return fn(exp.build_model(), state_a, state_b, exp.dataset.test, exp.eval_train, settings,
+              exp.config.train.precision).to_dict()
 
 
 def successive_barrier(exp: Experiment, level: int, s: MeasureSettings = MeasureSettings()) -> PathResult:
