@@ -167,7 +167,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lth-checks", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="lth-checks",
+        description="Run and measure iterative magnitude pruning experiments behind the claims of 'Unmasking the "
+                    "Lottery Ticket Hypothesis' (Paul et al., ICLR 2023). The claims themselves: pytest claims/.")
     parser.add_argument("--version", action="version", version=f"lth-checks {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run (or resume) IMP for a recipe and print the level table")
