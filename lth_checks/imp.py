@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import torch
-from filelock import Timeout
 
 from .config import IMPConfig
 from .data import Dataset, Split, load_dataset
@@ -25,7 +24,7 @@ from .errors import CacheError, ConfigError
 from .models import PrunableModel, build_model
 from .pruning import Mask, alive_count, apply_mask, dense_mask, excluded_names, prune_model, total_count
 from .speed import eager, maybe_compile, prepare_model
-from .store import Entry, Store
+from .store import Entry, Store, holding_free
 from .training import Checkpoint, derive_seed, evaluate, train
 
 DEFAULT_CHECKPOINT_EVERY = 1000
@@ -315,17 +314,8 @@ def _together(train_replicas: Callable, group: list[Experiment], needed: Callabl
     """One segment of `run_together`: lock, train the lineages that still need it, commit each."""
     if sum(map(needed, group)) < 2:
         return 0  # a single lineage trains on demand, with in-level checkpoints
-    batch, locks = [], []
-    try:
-        for e in group:
-            lock = e.entry.lock()
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                continue  # another process is training it
-            locks.append(lock)
-            if needed(e):  # checked again under the lock: another process may have just finished it
-                batch.append(e)
+    with holding_free(group, lambda e: e.entry) as held:
+        batch = [e for e in held if needed(e)]  # re-checked under the lock: it may have just been finished
         if len(batch) < 2:
             return 0
         for e in batch:
@@ -345,9 +335,6 @@ def _together(train_replicas: Callable, group: list[Experiment], needed: Callabl
             commit(e, model, mask, seconds)
             e.log(f"{label} of seed {e.config.seed} trained with {len(batch) - 1} other replicate(s)")
         return len(batch)
-    finally:
-        for lock in locks:
-            lock.release()
 
 
 def train_in_entry(entry: Entry, checkpoint_name: str, model: PrunableModel, mask: Mask, split: Split,

@@ -9,16 +9,17 @@ read with safetensors, which cannot execute code, so a cache received from elsew
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 
@@ -27,6 +28,7 @@ from .config import SCHEMA_VERSION, content_hash
 from .errors import CacheError
 
 ENV_CACHE_DIR = "LTH_CHECKS_CACHE_DIR"
+T = TypeVar("T")
 
 
 def default_cache_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -165,6 +167,29 @@ class Entry:
     def delete(self, name: str) -> None:
         for suffix in (".sha256", ".safetensors"):
             (self.path / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def holding_free(items: Sequence[T], entry_of: Callable[[T], Entry]) -> Iterator[list[T]]:
+    """Lock, without waiting, the entries of `items` no other process holds; yield those items.
+
+    For training several experiments together: the ones another process is producing are left
+    to it (the caller re-checks, under the lock, whether each still needs work).
+    """
+    locks, free = [], []
+    try:
+        for item in items:
+            lock = entry_of(item).lock()
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue
+            locks.append(lock)
+            free.append(item)
+        yield free
+    finally:
+        for lock in locks:
+            lock.release()
 
 
 class Store:

@@ -17,13 +17,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from filelock import Timeout
 
 from ..config import PRUNE_STRATEGIES, to_dict
 from ..errors import ConfigError
 from ..imp import Experiment, train_in_entry
 from ..pruning import Mask, alive_count, density, excluded_names, prunable_weights, prune
-from ..store import Entry
+from ..store import Entry, holding_free
 from ..training import derive_seed
 from .perturbation import add_direction, gaussian_direction, perturbation_scale
 
@@ -181,17 +180,8 @@ def train_together(parent: Experiment, specs: Sequence[BranchSpec], group: int =
     parent.require_training(f"{len(todo)} branch experiments")
     cfg, trained = parent.config, 0
     for first in range(0, len(todo), group):
-        batch, locks = [], []
-        try:
-            for b in todo[first:first + group]:
-                lock = b.entry.lock()
-                try:
-                    lock.acquire(timeout=0)
-                except Timeout:
-                    continue  # another process is training it
-                locks.append(lock)
-                if not b.is_done():
-                    batch.append(b)
+        with holding_free(todo[first:first + group], lambda b: b.entry) as held:
+            batch = [b for b in held if not b.is_done()]  # re-checked under the lock
             if not batch:
                 continue
             started = time.perf_counter()
@@ -207,8 +197,5 @@ def train_together(parent: Experiment, specs: Sequence[BranchSpec], group: int =
                 model.load_state_dict(final)
                 b._commit(model, mask, delta_norm, r, seconds)
                 trained += 1
-        finally:
-            for lock in locks:
-                lock.release()
     return trained
 
