@@ -123,17 +123,3 @@ def no_retrain_chain(exp: Experiment, level: int, steps: int) -> list[dict]:
                      **{f"projected_{k}": v for k, v in metrics.items()}})
         weights, mask = prunable_weights(model), new_mask
     return rows
-
-
-def imp_projection_series(exp: Experiment, first: int, last: int) -> list[dict]:
-    """IMP's own projection length and projected error for levels first..last (the retrained chain)."""
-    names = exp.ranked_names
-    rows = []
-    for level in range(first, last + 1):
-        proj = _projection(exp, level, names)
-        rows.append({"level": level, "density": exp.result(level).density,
-                     "next_density": density(proj["next_mask"]),
-                     "relative_projection_length": proj["projection_length"] / proj["weight_norm"],
-                     **{f"projected_{k}": v for k, v in proj["metrics"].items()}})
-    return rows
-
