@@ -59,11 +59,38 @@ _CIFAR100_DIR = "cifar-100-python"
 _CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 
+def standard_strides(shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
+    """The strides ``torch.empty(shape)`` gives: row-major, size-1 dimensions included."""
+    strides, step = [], 1
+    for size in reversed(tuple(shape)):
+        strides.append(step)
+        step *= max(int(size), 1)
+    return tuple(reversed(strides))
+
+
+def with_standard_strides(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its strides are the standard ones, else a copy that has them.
+
+    Why not ``.contiguous()``: torch calls a tensor contiguous whatever the strides of its size-1
+    dimensions, so a (N, 1, H, W) batch with strides (H*W, 1, W, 1) -- what digits produced, and
+    what indexing or channels_last keep -- passes through unchanged. torch 2.13.0's CPU convolution
+    backward corrupts the heap on such single-channel batches on some CPUs (AMD EPYC: glibc aborts
+    with "corrupted double-linked list" / "free(): invalid size" inside loss.backward()), so every
+    split and every batch built from one is given the strides ``torch.empty(shape)`` would have.
+    """
+    if t.stride() == standard_strides(t.shape):
+        return t
+    out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    out.copy_(t)
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class Split:
     """One split held as two whole tensors (treat them as read-only: loads are cached).
 
     ``inputs``: float32 (N, C, H, W), already normalised per channel; ``targets``: int64 (N,).
+    Both always have standard strides (see :func:`with_standard_strides`).
     """
 
     inputs: torch.Tensor
@@ -77,6 +104,8 @@ class Split:
             )
         if self.inputs.shape[0] != self.targets.shape[0]:
             raise ValueError(f"Split has {self.inputs.shape[0]} inputs but {self.targets.shape[0]} targets")
+        object.__setattr__(self, "inputs", with_standard_strides(self.inputs))
+        object.__setattr__(self, "targets", with_standard_strides(self.targets))
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])

@@ -32,10 +32,26 @@ EVAL_SUBSET_SEED = 0  # the fixed training subset for evaluation is the same for
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """'auto' or None picks CUDA when present; anything else is passed to torch.device."""
+    """'auto' or None picks CUDA when present; anything else is passed to torch.device.
+
+    Asking for CUDA where there is none stops with one line (torch's own error is an
+    AssertionError traceback from deep inside the first tensor move).
+    """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"device {device!r} is not a device name ({e}); use cpu, cuda, cuda:N or auto") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+            raise ConfigError(f"--device {device} asked for CUDA, but torch {torch.__version__} ({build}) sees no "
+                              "CUDA device here; use --device cpu (or auto), or run on a machine with a GPU")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); pick one of those")
+    return resolved
 
 
 ENV_CPU_THREADS = "LTH_CHECKS_CPU_THREADS"

@@ -20,7 +20,7 @@ import pytest
 from .config import override
 from .errors import LthError
 from .evidence import PLANS, SCALES, ClaimContext
-from .imp import configure_cpu_threads
+from .imp import configure_cpu_threads, resolve_device
 from .recipes import RECIPES, get_recipe
 
 OUTCOME_PROPERTY = "lth_outcome"
@@ -70,6 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:  # bad names and settings stop the run with one line, before anything is collected
         for name in opt.recipe or PLANS[opt.scale].recipes:
             override(get_recipe(name).config, opt.lth_set)
+        resolve_device(opt.device)
     except LthError as e:
         raise pytest.UsageError(str(e)) from None
     configure_cpu_threads(opt.device)

@@ -51,7 +51,7 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 from .config import TrainConfig
-from .data import Split
+from .data import Split, with_standard_strides
 from .errors import ConfigError, DivergenceError
 from .training import DIVERGENCE_CHECK_EVERY, BatchStream, EvalResult, autocast, random_crop_flip
 
@@ -224,6 +224,7 @@ class _ReplicaBatches:
         if self.augment:
             x = random_crop_flip(x, torch.cat(offsets), torch.cat(flips), BatchStream.PAD)
         r = len(self.streams)
+        x = with_standard_strides(x)  # a no-op unless a layout slipped through (data.py says why)
         return x.view(r, self.batch_size, *x.shape[1:]), y.view(r, self.batch_size)
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import TrainConfig
-from .data import Split
+from .data import Split, with_standard_strides
 from .errors import ConfigError, DivergenceError
 from .speed import sgd_optimizer
 
@@ -90,7 +90,7 @@ class BatchStream:
         x, y = self.split.inputs[idx], self.split.targets[idx]
         if self.augment:
             x = random_crop_flip(x, offsets, flips, self.PAD)
-        return x, y
+        return with_standard_strides(x), y  # a no-op unless a layout slipped through (data.py says why)
 
 
 @dataclass

@@ -113,3 +113,22 @@ def test_format_table() -> None:
     lines = format_table([r]).splitlines()
     assert lines[0].split() == ["level", "alive", "test", "err", "%", "train", "err", "%", "time", "s"]
     assert lines[1].split() == ["3", "51.20%", "7.34", "1.00", "12.3"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_is_one_line_in_the_cli_and_in_pytest(tmp_path: Path) -> None:
+    proc = run_cli("run", "smoke", "--levels", "1", "--device", "cuda", "--cache-dir", str(tmp_path), cwd=tmp_path)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and "\n" not in err, err
+    assert "no CUDA device" in err and "--device cpu" in err
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, cli_env
+
+    claims = subprocess.run([sys.executable, "-m", "pytest", str(REPO_ROOT / "claims"), "-q", "-p", "no:cacheprovider",
+                             "--device", "cuda", "--cache-dir", str(tmp_path)], cwd=tmp_path, env=cli_env(),
+                            capture_output=True, text=True, timeout=120)
+    out = claims.stdout + claims.stderr
+    assert claims.returncode == 4, out  # pytest's usage error, before anything is collected or trained
+    assert "no CUDA device" in out and "Traceback" not in out, out

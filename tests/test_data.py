@@ -415,3 +415,88 @@ def test_download_without_torchvision(tmp_path: Path, monkeypatch: pytest.Monkey
         load_dataset("cifar10", tmp_path / "fresh", download=True)
     write_mnist(tmp_path)  # files already present: download=True must not need torchvision
     assert len(load_dataset("mnist", tmp_path, download=True).train) == 20
+
+
+# --- standard strides (torch 2.13 CPU conv backward corrupts the heap on ambiguous ones) -----
+
+
+def _assert_standard(split: Split, what: str) -> None:
+    for name, t in (("inputs", split.inputs), ("targets", split.targets)):
+        assert t.stride() == torch.empty(t.shape).stride(), f"{what}.{name} has strides {t.stride()}"
+
+
+@pytest.mark.parametrize("dataset", ["digits", "mnist", "cifar10", "cifar100"])
+def test_every_split_of_every_reader_has_standard_strides(dataset: str, tmp_path: Path) -> None:
+    if dataset == "mnist":
+        write_mnist(tmp_path)
+    elif dataset == "cifar10":
+        write_cifar10(tmp_path)
+    elif dataset == "cifar100":
+        folder = tmp_path / "cifar-100-python"
+        folder.mkdir()
+        for part, n in (("train", 6), ("test", 3)):
+            batch = cifar_batch(n, num_classes=100, label_key="fine_labels")
+            (folder / part).write_bytes(pickle.dumps(batch, protocol=4))
+    data = load_dataset(dataset, tmp_path)
+    for part in ("train", "test"):
+        split = getattr(data, part)
+        _assert_standard(split, f"{dataset}.{part}")
+        _assert_standard(split.subset(3, seed=1), f"{dataset}.{part}.subset")
+
+
+def test_batches_built_from_a_split_keep_standard_strides() -> None:
+    from lth_checks.replicas import _ReplicaBatches
+    from lth_checks.training import BatchStream
+
+    split = load_dataset("digits").train
+    for augment in (False, True):
+        x, _ = BatchStream(split, 64, seed=3, augment=augment).batch(25)
+        assert x.stride() == torch.empty(x.shape).stride(), f"augment={augment}: {x.stride()}"
+        xs, _ = _ReplicaBatches(split, 64, [1, 2, 3], augment).batch(25)
+        assert xs.stride() == torch.empty(xs.shape).stride(), f"replicas augment={augment}: {xs.stride()}"
+        assert xs[1].stride() == torch.empty(xs[1].shape).stride()
+
+
+def test_split_gives_ambiguous_layouts_standard_strides() -> None:
+    values = torch.randn(5, 1, 8, 8)
+    odd = values.as_strided((5, 1, 8, 8), (64, 1, 8, 1))
+    assert odd.is_contiguous()  # why .contiguous() would not have helped
+    split = Split(odd, torch.zeros(5, dtype=torch.long))
+    assert split.inputs.stride() == (64, 64, 8, 1)
+    assert torch.equal(split.inputs, odd)
+
+
+_CONV_ON_DIGITS = """
+import torch, torch.nn.functional as F
+from lth_checks.config import ModelConfig
+from lth_checks.data import load_dataset
+from lth_checks.models import build_model
+from lth_checks.training import BatchStream
+torch.set_num_threads(1)
+split = load_dataset("digits").train
+model = build_model(ModelConfig(name="cifar_resnet", depth=8, width=4), (1, 8, 8), 10, seed=0)
+opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+stream = BatchStream(split, 64, seed=0, augment=False)
+for t in range(60):
+    x, y = stream.batch(t)
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+assert torch.isfinite(loss), loss
+print("trained", float(loss))
+"""
+
+
+def test_conv_model_trains_on_digits_in_a_fresh_process() -> None:
+    """A heap corruption kills the process: run it in a child so it fails here with the signal."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.run([sys.executable, "-c", _CONV_ON_DIGITS], capture_output=True, text=True, timeout=300,
+                          env=env)
+    if proc.returncode < 0:
+        import signal
+
+        pytest.fail(f"training a conv net on digits killed the process with {signal.Signals(-proc.returncode).name}: "
+                    f"{proc.stderr.strip()[:600]}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "trained" in proc.stdout
