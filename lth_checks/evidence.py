@@ -43,7 +43,9 @@ class ScalePlan:
 
 PLANS = {
     "smoke": ScalePlan(("smoke",), replicates=2, levels=15, branch_levels=(0, 4, 8, 12), path_points=11),
-    "small": ScalePlan(("small",), replicates=2, levels=10, branch_levels=(0, 3, 6, 9), path_points=11),
+    # sized to one 8-minute H100 command by `lth-checks plan` (issue 10; README "The small scale")
+    "small": ScalePlan(("small",), replicates=2, levels=8, branch_levels=(1, 3, 5, 7), path_points=11,
+                       hessian_k=10, trace_samples=10),
     "paper": ScalePlan(("cifar10_resnet20",), replicates=3, levels=16,
                        branch_levels=(0, 2, 4, 6, 8, 10, 12, 14), path_points=30),
 }
