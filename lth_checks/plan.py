@@ -69,6 +69,7 @@ class Plan:
     scale: str
     description: str
     jobs: dict[str, Job] = field(default_factory=dict)
+    models: set[tuple] = field(default_factory=set)  # (name, depth, width) of the lineages' models
 
     def add(self, job: Job) -> Job:
         """Add a job, or record one more claim on the job already there (claims share experiments)."""
@@ -180,6 +181,7 @@ class _Builder:
     # trainings
     def lineage(self, exp: Experiment, claim: str) -> None:
         cfg, last = exp.config, self.ctx.last_level()
+        self.plan.models.add((cfg.model.name, cfg.model.depth, cfg.model.width))
         deps: list[str] = []
         recipe, k = cfg.recipe, cfg.rewind_iteration
         if k > 0:
@@ -203,7 +205,7 @@ class _Builder:
         shared = _imp_level_reused(exp, spec, self.ctx.last_level())
         if shared is not None:  # issue 10: the p = 0.2 magnitude one-shot is IMP level L+1
             job.shared_with, job.iterations, job.images, job.group = _level_id(exp, shared), 0, 0, None
-            job.deps = [_level_id(exp, shared)]
+            job.deps, job.done = [_level_id(exp, shared)], (lambda e=exp, lv=shared: e.is_done(lv))
         return self.plan.add(job)
 
     def branches(self, exp: Experiment, specs: list[BranchSpec], claim: str, name: str) -> list[Job]:
@@ -401,6 +403,15 @@ def find_bench(folder: str | Path = "reports/bench", device_type: str = "cuda") 
     return best
 
 
+def throughput_for(device_type: str = "cuda", bench: str | Path | None = None,
+                   folder: str | Path = "reports/bench") -> Throughput:
+    """An explicit bench JSON, else the newest full one for the device type, else `ASSUMED_H100`."""
+    if bench:
+        return throughput_from_bench(bench)
+    found = find_bench(folder, device_type)
+    return throughput_from_bench(found) if found else ASSUMED_H100
+
+
 def job_seconds(plan: Plan, tp: Throughput, *, only_todo: bool = True) -> dict[str, float]:
     """Estimated device seconds per job; a replica group's time is split over its members."""
     jobs = [j for j in plan.jobs.values() if not (only_todo and j.cached)]
@@ -471,7 +482,7 @@ def format_totals(plan: Plan, tp: Throughput, ipe: int | None = None) -> str:
     """The table `lth-checks plan` and the pytest run print."""
     t = totals(plan, tp)
     lines = [f"plan for {plan.description}",
-             f"{'':<36}{'count':>7}{'cached':>8}{'iterations':>12}{'epochs' if ipe else '':>8}{'images':>14}"
+             f"{'':<36}{'count':>7}{'cached':>8}{'iterations':>12}{'epochs' if ipe else '':>8}{'eval images':>14}"
              f"{'HVPs':>8}{'est. s':>9}"]
     for r in t.rows:
         ep = f"{r['iterations'] / ipe:>8.0f}" if ipe else f"{'':>8}"
@@ -486,6 +497,9 @@ def format_totals(plan: Plan, tp: Throughput, ipe: int | None = None) -> str:
                  f"({t.seconds_cold:.0f} s of work + {t.startup_s:.0f} s start-up and data loading); "
                  f"still to do with this cache: {_minutes(t.seconds_todo + t.startup_s)}")
     lines.append(f"throughput: {tp.source}")
+    if plan.models - {("cifar_resnet", 20, 16)}:
+        lines.append("(the throughput is that of ResNet-20 on CIFAR-10; this plan trains other models too, so its "
+                     "time is indicative only)")
     return "\n".join(lines)
 
 
@@ -518,3 +532,72 @@ def plan_json(plan: Plan, tp: Throughput) -> dict:
 def progress_weights(plan: Plan, tp: Throughput) -> dict[str, float]:
     """Estimated seconds of each job still to do (the pytest progress bar advances by these)."""
     return {k: v for k, v in job_seconds(plan, tp).items() if v > 0 and not math.isnan(v)}
+
+
+# ----------------------------------------------------------------------------------------- selection and progress
+
+def claims_of_test(nodeid: str) -> set[str]:
+    """The claims a collected claims test asks for (claim 3's part d has its own experiments)."""
+    for n in ("1", "2", "4"):
+        if f"test_claim{n}_" in nodeid:
+            return {n}
+    if "test_claim3_" in nodeid:
+        return {"3d"} if "oneshot-fails" in nodeid else {"3"}
+    return set()
+
+
+def select(plan: Plan, claims: set[str]) -> Plan:
+    """The jobs the given claims ask for, with everything they depend on."""
+    keep = {j.id for j in plan.jobs.values() if set(j.claims) & claims}
+    stack = list(keep)
+    while stack:
+        for d in plan.jobs[stack.pop()].deps:
+            if d in plan.jobs and d not in keep:
+                keep.add(d)
+                stack.append(d)
+    return Plan(plan.scale, plan.description, {k: j for k, j in plan.jobs.items() if k in keep}, plan.models)
+
+
+class Progress:
+    """One progress bar over a whole claims run: polls the cache for finished jobs and advances by
+    their estimated seconds, so the ETA (from tqdm's observed rate) covers trainings, paths and
+    Hessians alike, also when xdist workers do the work."""
+
+    def __init__(self, plan: Plan, tp: Throughput, file, interval: float = 2.0):
+        import threading
+
+        from tqdm import tqdm
+
+        self.plan, self.weights = plan, progress_weights(plan, tp)
+        self.bar = tqdm(total=round(sum(self.weights.values()), 1), desc="lth-checks run", unit="est-s",
+                        file=file, leave=True,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} est. s "
+                                   "[{elapsed}<{remaining}]")
+        self.interval, self._stop = interval, threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lth-checks progress", daemon=True)
+        self._thread.start()
+
+    def _update(self) -> None:
+        done = 0.0
+        for job_id, w in self.weights.items():
+            job = self.plan.jobs[job_id]
+            if job.done and job.done():
+                done += w
+        self.bar.n = round(done, 1)
+        self.bar.refresh()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._update()
+            except Exception:  # noqa: BLE001 - a progress bar must never break the run it reports on
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self._update()
+        except Exception:  # noqa: BLE001
+            pass
+        self.bar.close()
