@@ -7,7 +7,7 @@ spec helpers of `measure.suite`), and asks the library itself for every cache ke
 the very `measure.suite` function the claims call with a store that stops at the measurement's
 entry (`_KeyProbe`). So the keys are the real ones and follow any change to the spec helpers.
 
-`estimate(plan, throughput)` turns the costs (SGD iterations of one model, images evaluated,
+`totals(plan, throughput)` (per job: `job_seconds`) turns the costs (SGD iterations of one model, images evaluated,
 Hessian-vector products) into device seconds, with replicas trained together as the code groups
 them (`imp.run_together` per recipe, rewind and level; `branches.train_together` per lineage in
 groups of 16). Throughput comes from a `lth-checks bench` JSON (`reports/bench/*.json`) when one
@@ -337,7 +337,7 @@ class Throughput:
     replica_time: tuple[tuple[int, float], ...]  # (R, time of one step of R replicas / one of a single model)
     s_per_eval_image: float
     s_per_hvp_image: float
-    startup_s: float  # process start, CUDA context, data loading
+    startup_s: float  # process start, CUDA context, data loading, report
     per_job_s: float  # model building, cache writes and reads per job
 
     def replica_factor(self, r: int) -> float:
@@ -356,11 +356,11 @@ class Throughput:
 # batch 128) in 0.5 s, 8 replicas for 3x the time of one. The rest is ours: a forward pass in evaluation
 # costs a third of a training step per image (forward ~ 1/3 of forward + backward), a Hessian-vector
 # product twice a training step per image (forward-over-reverse: a forward and a backward with duals),
-# 30 s for start-up and data loading, 0.05 s per job for model building and cache I/O.
+# 30 s for start-up, data loading and the report, 0.05 s per job for model building and cache I/O.
 ASSUMED_H100 = Throughput(
     source="assumption (issue 10 targets, no GPU benchmark yet): 0.5 s per ResNet-20 CIFAR-10 epoch on one H100, "
            "8 replicas at 3x the time of one; evaluation 1/3 and a Hessian-vector product 2x a training step per "
-           "image; 30 s start-up and data loading; 0.05 s per job",
+           "image; 30 s start-up, data loading and report; 0.05 s per job",
     s_per_iteration=0.5 / 390, replica_time=((1, 1.0), (8, 3.0)), s_per_eval_image=0.5 / 390 / 128 / 3,
     s_per_hvp_image=2 * 0.5 / 390 / 128, startup_s=30.0, per_job_s=0.05)
 
@@ -451,7 +451,7 @@ ROWS = (("IMP pretraining to k", ("pretrain",), False), ("IMP levels", ("level",
 
 
 def totals(plan: Plan, tp: Throughput) -> Totals:
-    cold = job_seconds(Plan(plan.scale, plan.description, {k: _uncached(j) for k, j in plan.jobs.items()}), tp)
+    cold = job_seconds(plan, tp, only_todo=False)
     todo = job_seconds(plan, tp)
     rows = []
     for name, kinds, shared in ROWS:
@@ -460,15 +460,9 @@ def totals(plan: Plan, tp: Throughput) -> Totals:
             continue
         rows.append({"what": name, "count": len(js), "cached": sum(j.cached for j in js),
                      "iterations": sum(j.iterations for j in js),
-                     "epochs": None, "images": sum(j.images for j in js), "hvps": sum(j.hvps for j in js),
+                     "images": sum(j.images for j in js), "hvps": sum(j.hvps for j in js),
                      "seconds_cold": sum(cold[j.id] for j in js), "seconds_todo": sum(todo.get(j.id, 0.0) for j in js)})
     return Totals(rows, sum(todo.values()), sum(cold.values()), tp.startup_s)
-
-
-def _uncached(j: Job) -> Job:
-    c = Job(**{k: getattr(j, k) for k in j.__dataclass_fields__})
-    c.cached = False
-    return c
 
 
 def _epoch_iterations(ctx: ClaimContext) -> int | None:
@@ -494,7 +488,7 @@ def format_totals(plan: Plan, tp: Throughput, ipe: int | None = None) -> str:
                  + (f"{it / ipe:>8.0f}" if ipe else f"{'':>8}")
                  + f"{sum(r['images'] for r in t.rows):>14,}{sum(r['hvps'] for r in t.rows):>8,}{t.seconds_cold:>9.0f}")
     lines.append(f"estimated device time from a cold cache: {_minutes(t.seconds_cold + t.startup_s)} "
-                 f"({t.seconds_cold:.0f} s of work + {t.startup_s:.0f} s start-up and data loading); "
+                 f"({t.seconds_cold:.0f} s of work + {t.startup_s:.0f} s start-up, data loading and report); "
                  f"still to do with this cache: {_minutes(t.seconds_todo + t.startup_s)}")
     lines.append(f"throughput: {tp.source}")
     if plan.models - {("cifar_resnet", 20, 16)}:

@@ -126,7 +126,7 @@ def _start_plan(config: pytest.Config, nodeids: list[str]) -> None:
         return
     try:
         plan = P.select(P.claims_plan(ctx), claims)
-        tp = P.throughput_for(resolve_device(ctx.device).type)
+        tp = P.throughput_for(resolve_device(ctx.device).type, folder=os.path.join(config.option.report_dir, "bench"))
     except LthError as e:
         print(f"[lth] no plan: {e}", file=sys.stderr)
         return
