@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .bench import add_parser as add_bench_parser
+from .devicecheck import add_parser as add_device_check_parser
 from .config import IMPConfig, canonical_json, override, to_dict
 from .errors import ConfigError, LthError
 from .imp import DEFAULT_CHECKPOINT_EVERY, Experiment, LevelResult, configure_cpu_threads
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="experiment cache (default $LTH_CHECKS_CACHE_DIR or ./.lth-cache)")
     p.set_defaults(func=cmd_report)
     add_bench_parser(sub)
+    add_device_check_parser(sub)
     return parser
 
 
