@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from . import __version__
 from .bench import add_parser as add_bench_parser
-from .devicecheck import add_parser as add_device_check_parser
 from .config import IMPConfig, canonical_json, override, to_dict
+from .devicecheck import add_parser as add_device_check_parser
 from .errors import ConfigError, LthError
 from .imp import DEFAULT_CHECKPOINT_EVERY, Experiment, LevelResult, configure_cpu_threads
 from .recipes import RECIPES, get_recipe, recipe_config

@@ -137,8 +137,8 @@ def run_check(data_root: str | None, out: Path, *, budget_s: float = 540, rehear
     if data_root:
         env["LTH_CHECKS_DATA_ROOT"] = str(Path(data_root).resolve())
     py = sys.executable
-    log(f"lth-checks device check ({'REHEARSAL on the CPU with tiny settings: not a measurement' if rehearse else 'full'}) "
-        f"device {device}, budget {budget_s:.0f} s, data root {data_root or '(none)'}")
+    kind = "REHEARSAL on the CPU with tiny settings: not a measurement" if rehearse else "full"
+    log(f"lth-checks device check ({kind}) device {device}, budget {budget_s:.0f} s, data root {data_root or '(none)'}")
     if shutil.which("nvidia-smi"):
         log(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip())
     bench_out = work / "bench.json"
@@ -201,7 +201,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="folders each holding some CIFAR-10 batch files (carried separately); joined for the run")
     p.add_argument("--budget", type=float, default=540, help="seconds for the whole check (default 540 = 9 min)")
     p.add_argument("--device", help="default: cuda (cpu with --rehearse)")
-    p.add_argument("--rehearse", action="store_true", help="tiny settings on the CPU: tests the script, measures nothing")
+    p.add_argument("--rehearse", action="store_true",
+                   help="tiny settings on the CPU: tests the script, measures nothing")
     p.set_defaults(func=cmd_device_check)
     return p
 
