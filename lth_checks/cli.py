@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from . import __version__
 from .bench import add_parser as add_bench_parser
 from .config import IMPConfig, canonical_json, override, to_dict
+from .devicecheck import add_parser as add_device_check_parser
 from .errors import ConfigError, LthError
 from .imp import DEFAULT_CHECKPOINT_EVERY, Experiment, LevelResult, configure_cpu_threads
 from .recipes import RECIPES, get_recipe, recipe_config
@@ -245,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write the whole plan as JSON")
     p.set_defaults(func=cmd_plan)
     add_bench_parser(sub)
+    add_device_check_parser(sub)
     return parser
 
 
