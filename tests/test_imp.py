@@ -219,6 +219,51 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(
     assert leftover_checkpoints(exp) == []
 
 
+def test_resumed_level_on_the_fast_path_equals_an_uninterrupted_one(tmp_path: Path, monkeypatch) -> None:
+    """CUDA's fast path emulated on the CPU (channels_last convolutions, fused SGD): a level resumed
+    from its stored (contiguous) checkpoint is bitwise the uninterrupted level.
+
+    oneDNN is off meanwhile: torch 2.13's oneDNN convolution backward corrupts the heap on
+    channels_last weights on some CPUs (AMD EPYC).
+    """
+    from lth_checks.speed import fused_sgd_available
+
+    if not fused_sgd_available("cpu"):
+        pytest.skip(f"torch {torch.__version__} has no fused SGD on the CPU")
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    monkeypatch.setattr(imp, "prepare_model", lambda model, device: model.to(device).to(
+        memory_format=torch.channels_last))
+    cfg = tiny_imp_config(levels=1, extra=TINY_RESNET)
+
+    def fast(root: Path, log: list[str] | None = None) -> Experiment:
+        return Experiment(cfg, store=Store(root), device="cpu", checkpoint_every=10, fast=True,
+                          log=(log.append if log is not None else None))
+
+    reference = fast(tmp_path / "reference")
+    ref_results = reference.run()
+    assert reference.build_model().conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+    def crashing_train(*args, on_checkpoint=None, label="", **kwargs):
+        assert kwargs["fused_optimizer"]
+
+        def save_then_crash(ckpt):
+            on_checkpoint(ckpt)
+            if "level 1" in label:
+                raise Crash(f"simulated crash after the checkpoint at {ckpt.iteration}")
+        return REAL_TRAIN(*args, on_checkpoint=save_then_crash, label=label, **kwargs)
+
+    monkeypatch.setattr(imp, "train", crashing_train)
+    with pytest.raises(Crash):
+        fast(tmp_path / "resumed").run()
+    monkeypatch.setattr(imp, "train", REAL_TRAIN)
+    log: list[str] = []
+    resumed = fast(tmp_path / "resumed", log)
+    results = resumed.run()
+    assert any("level 1: resuming from checkpoint at iteration 10" in line for line in log), log
+    assert without_time(results) == without_time(ref_results)
+    assert same_state(resumed.solution(1), reference.solution(1))
+
+
 def test_diverged_level_leaves_no_metrics_but_keeps_earlier_levels(reference, store: Store, monkeypatch) -> None:
     ref_exp, ref_results = reference
 
