@@ -126,7 +126,7 @@ def train(model: nn.Module, mask: Mapping[str, torch.Tensor], split: Split, cfg:
     device = next(model.parameters()).device
     params = dict(model.named_parameters())
     # Masks in each parameter's own memory layout, so the foreach products stay on the fast path.
-    masked = [(params[n], in_layout_of(params[n], m)) for n, m in mask.items()]
+    masked = [(params[n], in_layout_of(params[n], m, f"the mask of {n!r}")) for n, m in mask.items()]
     masked_params, masked_values = [p for p, _ in masked], [m for _, m in masked]
     opt = sgd_optimizer(model.parameters(), cfg, device, fused=None if fused_optimizer else False)
     if resume is not None:
@@ -180,7 +180,7 @@ def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def in_layout_of(live: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+def in_layout_of(live: torch.Tensor, value: torch.Tensor, what: str = "a stored tensor") -> torch.Tensor:
     """A copy of `value` with `live`'s device, dtype and memory layout (strides).
 
     Checkpoints are stored contiguous, while on the fast path convolution weights are
@@ -188,8 +188,8 @@ def in_layout_of(live: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     index, so a restored tensor must have the strides of the tensor it sits beside.
     """
     if tuple(value.shape) != tuple(live.shape):
-        raise ConfigError(f"a stored tensor of shape {tuple(value.shape)} cannot stand in for one of shape "
-                          f"{tuple(live.shape)}; the checkpoint belongs to another architecture")
+        raise ConfigError(f"{what} has shape {tuple(value.shape)} where the model's parameter has {tuple(live.shape)}; "
+                          "it belongs to another architecture")
     return torch.empty_like(live, memory_format=torch.preserve_format).copy_(value)
 
 
@@ -205,7 +205,7 @@ def restore_checkpoint(model: nn.Module, opt: torch.optim.Optimizer, ckpt: Check
     if unknown:
         raise ConfigError(f"the checkpoint has momentum for {unknown[0]!r}, which is not a parameter of the model")
     for name, buf in ckpt.momentum.items():
-        opt.state[params[name]]["momentum_buffer"] = in_layout_of(params[name], buf)
+        opt.state[params[name]]["momentum_buffer"] = in_layout_of(params[name], buf, f"the stored momentum of {name!r}")
 
 
 def momentum_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
