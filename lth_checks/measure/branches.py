@@ -7,7 +7,8 @@ the same resumable, checkpointed loop as the IMP levels.
 - perturb:   retrain m_L * w_k + delta, delta Gaussian on the alive coordinates of m_L with
              norm c * r_L (Claim 2).
 - oneshot:   prune a fraction p of the alive weights of w_L by magnitude or at random, rewind to
-             w_k with that mask, retrain (Claim 3's p_max).
+             w_k with that mask, retrain (Claim 3's p_max). At the lineage's own fraction and
+             magnitude strategy this is IMP's level L+1, which is read instead of trained again.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class BranchResult:
     perturbation_norm: float  # |delta| for perturb branches, else 0
     scale_r: float  # r_L for perturb branches, else 0
     wall_time_s: float
+    imp_level: int | None = None  # the IMP level this branch is (read, not trained; wall time 0), if any
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,22 +107,51 @@ class Branch:
     def data_seed(self) -> int:
         return self.parent.config.seed if self.spec.data_seed is None else self.spec.data_seed
 
+    @property
+    def imp_level(self) -> int | None:
+        """The IMP level this branch is the same experiment as, or None.
+
+        A one-shot prune of w_L at the lineage's own fraction and strategy, rewound to w_k and
+        retrained with the lineage's data order, is how IMP makes level L+1 (`Experiment.mask`
+        prunes with the same `pruning.prune`, exclusions and tie-break). Only for magnitude
+        strategies: random ones draw the mask with another seed than IMP does.
+        """
+        spec, cfg = self.spec, self.parent.config
+        same = (spec.kind == "oneshot" and spec.fraction == cfg.prune.fraction and spec.strategy == cfg.prune.strategy
+                and not spec.strategy.startswith("random") and self.data_seed == cfg.seed)
+        return spec.level + 1 if same else None
+
     def is_done(self) -> bool:
+        if self.imp_level is not None:
+            return self.parent.is_done(self.imp_level)
         return self.entry.has_json("metrics.json")
 
     def result(self) -> BranchResult:
+        if self.imp_level is not None:
+            return self._imp_result(self.imp_level)
         if not self.is_done():
             with self.entry.lock():
                 if not self.is_done():
                     self._train()
         return BranchResult(**self.entry.read_json("metrics.json"))
 
+    def _imp_result(self, level: int) -> BranchResult:
+        """IMP's level `level` (trained on demand like any level) in a branch record."""
+        r = self.parent.run(level)[level]
+        return BranchResult(spec=self.spec.key_dict(), alive=r.alive, density=r.density, test_error=r.test_error,
+                            test_loss=r.test_loss, train_error=r.train_error, train_loss=r.train_loss,
+                            perturbation_norm=0.0, scale_r=0.0, wall_time_s=0.0, imp_level=level)
+
     def solution(self) -> dict[str, torch.Tensor]:
+        if self.imp_level is not None:
+            return self.parent.solution(self.imp_level)
         self.result()
         return self.entry.read_tensors("final", self.parent.device)[0]
 
     def mask(self) -> Mask:
         self.result()
+        if self.imp_level is not None:
+            return self.parent.mask(self.imp_level)
         return self.entry.read_tensors("mask", self.parent.device)[0]
 
     def _start(self) -> tuple[Mask, dict[str, torch.Tensor], float, float]:
@@ -174,7 +205,8 @@ def train_together(parent: Experiment, specs: Sequence[BranchSpec], group: int =
     """
     from ..replicas import train_replicas
 
-    todo = [b for b in (Branch(parent, s) for s in specs) if not b.is_done()]
+    # branches that are IMP levels are left to IMP (trained, if at all, as levels of the lineage)
+    todo = [b for b in (Branch(parent, s) for s in specs) if b.imp_level is None and not b.is_done()]
     if len(todo) < 2:
         return 0  # a single branch trains on demand, with in-level checkpoints
     parent.require_training(f"{len(todo)} branch experiments")
