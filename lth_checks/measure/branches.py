@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..config import PRUNE_STRATEGIES, to_dict
-from ..errors import ConfigError
-from ..imp import Experiment, train_in_entry
+from ..errors import ConfigError, DivergenceError
+from ..imp import Experiment, train_group_in_entries, train_in_entry
 from ..pruning import Mask, alive_count, density, excluded_names, prunable_weights, prune
 from ..store import Entry, holding_free
 from ..training import derive_seed
@@ -121,6 +121,11 @@ class Branch:
                 and not spec.strategy.startswith("random") and self.data_seed == cfg.seed)
         return spec.level + 1 if same else None
 
+    @property
+    def segment(self) -> str:
+        """This branch's name among its parent's recorded divergences."""
+        return f"branch {self.entry.key}"
+
     def is_done(self) -> bool:
         if self.imp_level is not None:
             return self.parent.is_done(self.imp_level)
@@ -130,6 +135,7 @@ class Branch:
         if self.imp_level is not None:
             return self._imp_result(self.imp_level)
         if not self.is_done():
+            self.parent.raise_if_diverged(self.segment)
             with self.entry.lock():
                 if not self.is_done():
                     self._train()
@@ -200,13 +206,15 @@ def train_together(parent: Experiment, specs: Sequence[BranchSpec], group: int =
     All branches of one lineage share the architecture and the iteration range (k to T), so they
     train together through `replicas.train_replicas` (vmap on a GPU; on the CPU a loop that is
     bitwise equal to training them one by one). Each result is committed to its own cache entry
-    exactly as `Branch.result()` would. Branches another process is training (lock held) are
-    left to it. Returns the number trained here.
+    exactly as `Branch.result()` would, with in-level checkpoints under the name its single
+    training uses. Branches another process is training (lock held) are left to it. A diverging
+    branch is recorded on `parent` (its `result()` raises the DivergenceError); the others are
+    committed. Returns the number trained and committed here.
     """
-    from ..replicas import train_replicas
-
-    # branches that are IMP levels are left to IMP (trained, if at all, as levels of the lineage)
-    todo = [b for b in (Branch(parent, s) for s in specs) if b.imp_level is None and not b.is_done()]
+    # branches that are IMP levels are left to IMP (trained, if at all, as levels of the lineage);
+    # diverged ones raise their error when asked for
+    todo = [b for b in (Branch(parent, s) for s in specs)
+            if b.imp_level is None and b.segment not in parent.diverged and not b.is_done()]
     if len(todo) < 2:
         return 0  # a single branch trains on demand, with in-level checkpoints
     parent.require_training(f"{len(todo)} branch experiments")
@@ -219,13 +227,17 @@ def train_together(parent: Experiment, specs: Sequence[BranchSpec], group: int =
             started = time.perf_counter()
             starts = [b._start() for b in batch]
             models = [parent.model_with(state, mask) for mask, state, _, _ in starts]
-            finals = train_replicas(parent.build_model(), [m.state_dict() for m in models],
-                                    [mask for mask, _, _, _ in starts], parent.dataset.train, cfg.train,
-                                    start=cfg.rewind_iteration, end=cfg.train.iterations,
-                                    data_seeds=[b.data_seed for b in batch], augment=cfg.data.augment,
-                                    label=f"{len(batch)} branches of {cfg.recipe}")
+            finals = train_group_in_entries(
+                [b.entry for b in batch], "checkpoint", parent.build_model(), [m.state_dict() for m in models],
+                [mask for mask, _, _, _ in starts], parent.dataset.train, cfg, start=cfg.rewind_iteration,
+                end=cfg.train.iterations, data_seeds=[b.data_seed for b in batch],
+                checkpoint_every=parent.checkpoint_every, label=f"{len(batch)} branches of {cfg.recipe}",
+                names=[f"{cfg.recipe} seed {cfg.seed} {b.spec.label}" for b in batch], log=parent.log)
             seconds = (time.perf_counter() - started) / len(batch)
             for b, model, final, (mask, _, delta_norm, r) in zip(batch, models, finals, starts):
+                if isinstance(final, DivergenceError):
+                    parent.record_divergence(b.segment, final)
+                    continue
                 model.load_state_dict(final)
                 b._commit(model, mask, delta_norm, r, seconds)
                 trained += 1
