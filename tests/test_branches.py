@@ -95,3 +95,27 @@ def test_the_reused_level_is_what_training_the_branch_gives(tiny_experiment, mon
                          ids=["random", "other-fraction", "other-strategy", "other-data-order", "not-oneshot"])
 def test_other_branches_are_not_imp_levels(tiny_experiment, spec):
     assert Branch(tiny_experiment, spec).imp_level is None
+
+
+def test_a_diverging_branch_is_recorded_and_its_group_committed(tiny_experiment, monkeypatch):
+    from lth_checks.errors import DivergenceError
+
+    exp = tiny_experiment
+    exp.run(1)
+    specs = [suite.perturb_spec(0, c, SETTINGS) for c in (0.5, 1.0, 2.0)]
+    real = replicas.train_replicas
+
+    def nan_in_the_second(template, states, *args, **kwargs):
+        states = list(states)
+        states[1] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in states[1].items()}
+        return real(template, states, *args, **kwargs)
+
+    monkeypatch.setattr(replicas, "train_replicas", nan_in_the_second)
+    assert train_together(exp, specs) == 2
+    monkeypatch.setattr(replicas, "train_replicas", real)
+    first, second, third = (Branch(exp, s) for s in specs)
+    assert first.is_done() and third.is_done() and not second.is_done()
+    monkeypatch.setattr(imp_module, "train", lambda *a, **k: pytest.fail("a recorded divergence was trained again"))
+    with pytest.raises(DivergenceError, match=r"perturb \(c=1\) diverged \(trained as a replica\): non-finite"):
+        suite.branch_barrier(exp, specs[1], SETTINGS)  # what the claims turn into INCONCLUSIVE
+    assert train_together(exp, specs) == 0

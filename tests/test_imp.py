@@ -437,3 +437,87 @@ def test_replicates_trained_together_equal_replicates_trained_alone(tmp_path):
         assert ra == rb
         sa, sb = a.solution(2), b.solution(2)
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ----------------------------------------------------------------------------- replica groups that hold up
+
+def _lineages(root: Path, seeds=(0, 1, 2), log: list[str] | None = None, checkpoint_every: int = 10):
+    return [Experiment(replace(tiny_imp_config(levels=2), seed=seed), store=Store(root), device="cpu",
+                       checkpoint_every=checkpoint_every, log=(log.append if log is not None else None))
+            for seed in seeds]
+
+
+def _results(exp: Experiment) -> list[dict]:
+    return without_time([exp.result(level) for level in range(exp.config.levels + 1)])
+
+
+def test_a_diverging_replicate_is_recorded_and_the_rest_of_its_group_committed(tmp_path: Path, monkeypatch):
+    import lth_checks.replicas as replicas
+
+    real = replicas.train_replicas
+
+    def nan_in_seed_1_at_level_1(template, states, *args, label="", **kwargs):
+        if "level 1" in label:
+            states = list(states)
+            states[1] = {k: v.clone() for k, v in states[1].items()}
+            weight = next(k for k in states[1] if k.endswith("weight"))
+            states[1][weight] = torch.full_like(states[1][weight], float("nan"))
+        return real(template, states, *args, label=label, **kwargs)
+
+    monkeypatch.setattr(replicas, "train_replicas", nan_in_seed_1_at_level_1)
+    together = _lineages(tmp_path / "together")
+    assert imp.run_together(together) == 3 + 3 + 2 + 2  # pretraining, level 0, then levels 1 and 2 without seed 1
+    monkeypatch.setattr(replicas, "train_replicas", real)
+    alone = _lineages(tmp_path / "alone", seeds=(0, 2))
+    for a, b in zip([together[0], together[2]], alone):
+        b.run()
+        assert _results(a) == _results(b)
+        assert same_state(a.solution(2), b.solution(2))
+    seed1 = together[1]
+    assert seed1.is_done(0) and not seed1.is_done(1)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded divergence was trained again")
+
+    monkeypatch.setattr(imp, "train", no_training)
+    with pytest.raises(DivergenceError) as info:  # what the claims turn into INCONCLUSIVE
+        seed1.run()
+    message = str(info.value)
+    assert "level 1 of seed 1 diverged (trained as a replica): non-finite loss at iteration 5" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("resume_with", ["run_together", "single"])
+def test_a_replica_group_resumes_in_level_like_a_single_training(tmp_path: Path, monkeypatch, resume_with: str):
+    import lth_checks.replicas as replicas
+
+    real = replicas.train_replicas
+
+    def crash_after_first_checkpoint(*args, on_checkpoint=None, label="", **kwargs):
+        def save_then_crash(ckpts):
+            on_checkpoint(ckpts)
+            if "level 1" in label:
+                raise Crash(f"simulated crash after the checkpoint at {ckpts[0].iteration}")
+        return real(*args, on_checkpoint=save_then_crash, label=label, **kwargs)
+
+    monkeypatch.setattr(replicas, "train_replicas", crash_after_first_checkpoint)
+    with pytest.raises(Crash):
+        imp.run_together(_lineages(tmp_path / "crashed", seeds=(0, 1)))
+    monkeypatch.setattr(replicas, "train_replicas", real)
+    log: list[str] = []
+    resumed = _lineages(tmp_path / "crashed", seeds=(0, 1), log=log)
+    assert [e.finished_levels() for e in resumed] == [1, 1]
+    assert all(e.entry.has_tensors("level01_train_checkpoint") for e in resumed)
+    if resume_with == "run_together":
+        assert imp.run_together(resumed) == 4
+        assert any("resuming from checkpoints at iteration 10" in line for line in log), log
+    else:  # each lineage alone, through train(), from the group's checkpoint
+        for e in resumed:
+            e.run()
+        assert sum("level 1: resuming from checkpoint at iteration 10" in line for line in log) == 2, log
+    uninterrupted = _lineages(tmp_path / "uninterrupted", seeds=(0, 1))
+    imp.run_together(uninterrupted)
+    for a, b in zip(resumed, uninterrupted):
+        assert _results(a) == _results(b)
+        assert same_state(a.solution(2), b.solution(2))
+        assert leftover_checkpoints(a) == []
