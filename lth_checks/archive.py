@@ -66,7 +66,10 @@ def write_archive(path: str | Path, meta: dict, outcomes: list[dict]) -> Path:
            "outcomes": [{k: o.get(k) for k in ("claim", "title", "recipe", "recipe_source", "scale", "replicates",
                                                "rewinds", "thresholds", "required_replicates", "choices",
                                                "wall_time_s", "config_hashes", "test_id", "evidence")}
-                        for o in outcomes if o.get("evidence") is not None]}
+                        # outcomes decided without evidence (a divergence, too few levels) keep their verdict
+                        | ({} if o.get("evidence") is not None else
+                           {k: o.get(k) for k in ("verdict", "summary", "effect", "tau_sensitivity", "measured")})
+                        for o in outcomes]}
     tmp = path.with_name(path.name + ".tmp")
     with gzip.open(tmp, "wt", encoding="utf-8") as f:
         json.dump(doc, f, default=float)
@@ -93,6 +96,8 @@ def redecide(outcome: dict) -> dict:
     """The outcome with verdict, summary, effect, tau sweep and measured tables recomputed from its evidence."""
     from .evidence import decide
 
+    if outcome.get("evidence") is None:
+        return outcome
     verdict, sweep, measured = decide(decode(outcome["evidence"]))
     return {**outcome, "verdict": verdict.verdict, "summary": verdict.summary, "effect": verdict.effect,
             "tau_sensitivity": sweep or {}, "measured": measured}

@@ -538,6 +538,11 @@ def claim3d_decide(ev: dict) -> tuple[V.Verdict, None, dict]:
     per_seed = [(int((i & ~o).sum()), int((o & ~i).sum())) for i, o in zip(ev["imp"], ev["oneshot"])]
     verdict = V.with_replicates(V.claim3d(imp_x, shot_x, eps, (imp_right_shot_wrong, shot_right_imp_wrong),
                                           ev["density"]), ev["replicates"], ev["required"])
+    if abs(math.log(ev["density"] / ev["target_density"])) > 0.5 * math.log(1 / 0.8) + 1e-9:
+        # the run stops short of the fixed target: the nearest level is not the density the claim is about
+        verdict = V.Verdict(V.INCONCLUSIVE, f"the run's levels do not reach the target density "
+                            f"{ev['target_density']:.1%} (nearest: {ev['density']:.1%} at level {ev['target_level']}); "
+                            f"run with more --levels; measured: {verdict.summary}", verdict.effect)
     verdict.effect["discordant_per_seed"] = per_seed
     measured = {"target_level": ev["target_level"], "density": ev["density"],
                 "target_density": ev["target_density"], "dense_error_pp": dense, "eps_pp": eps,

@@ -394,7 +394,7 @@ def write_report(outcomes: list[dict], meta: dict, report_root: str | Path = "re
     a suffix (-2, -3, ...). Returns the run folder.
     """
     root = Path(report_root)
-    evidence = [o for o in outcomes if o.get("evidence") is not None]
+    evidence = list(outcomes) if any(o.get("evidence") is not None for o in outcomes) else []
     outcomes = [{k: v for k, v in o.items() if k != "evidence"} for o in outcomes]  # bits go to the archive
     doc = to_jsonable({"meta": meta, "thresholds": T.as_dict(), "outcomes": list(outcomes),
                        "summary": summarize(outcomes)})
