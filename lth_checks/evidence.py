@@ -603,10 +603,11 @@ def claim4(ctx: ClaimContext, recipe: str) -> dict:
 def claim4_decide(ev: dict) -> tuple[V.Verdict, None, dict]:
     start, steps = ev["start_level"], ev["steps"]
     excess = stats.difference(_wrong(ev["chain"]), _wrong(ev["imp_projected"]))
-    chain_slopes = [_log_slope([r["relative_projection_length"] for r in chain]) for chain in ev["chain_rows"]]
-    imp_slopes = [_log_slope([s["relative_projection_length"] for s in st if start <= s["level"] < start + steps])
-                  for st in ev["imp_stats"]]
-    verdict = V.with_replicates(V.claim4(excess, chain_slopes, imp_slopes), ev["replicates"], ev["required"])
+    chain_lengths = [[r["relative_projection_length"] for r in chain] for chain in ev["chain_rows"]]
+    imp_lengths = [[s["relative_projection_length"] for s in st if start <= s["level"] < start + steps]
+                   for st in ev["imp_stats"]]
+    chain_slopes, imp_slopes = [_log_slope(x) for x in chain_lengths], [_log_slope(x) for x in imp_lengths]
+    verdict = V.with_replicates(V.claim4(excess, chain_lengths, imp_lengths), ev["replicates"], ev["required"])
     strip = [[{k: v for k, v in s.items() if k != "histogram_abs_w"} for s in st] for st in ev["imp_stats"]]
     measured = {
         "rewind": ev["rewind"], "start_level": start, "steps": steps,

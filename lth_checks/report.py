@@ -999,14 +999,16 @@ def _method_section() -> list:
     path = Path(__file__).with_name("verdict_rates.json")
     if path.exists():
         rates = json.loads(path.read_text())
-        blocks.append(Para(f"Measured error rates of each rule on synthetic data ({rates.get('trials')} trials per "
-                           f"cell; {rates.get('description', '')}). Required: FAIL ≤ 5% where the claim holds, PASS "
+        blocks.append(Para(f"Measured error rates of each rule on synthetic data (trials per cell in the table; "
+                           f"{rates.get('description', '')}). Required: FAIL ≤ 5% where the claim holds, PASS "
                            "≤ 5% where it is false, each ≤ 5% on pure noise."))
-        blocks.append(Table(["claim", "sample size", "holds: PASS / FAIL", "false: PASS / FAIL",
+        def cell(r: dict, w: str) -> str:
+            return f"{100 * r[w]['PASS']:.1f}% / {100 * r[w]['FAIL']:.1f}%"
+
+        blocks.append(Table(["claim", "sample size", "trials", "holds: PASS / FAIL", "false: PASS / FAIL",
                              "noise: PASS / FAIL"],
-                            [[r["claim"], r["size"], *[f"{100 * r[w]['PASS']:.1f}% / {100 * r[w]['FAIL']:.1f}%"
-                                                       for w in ("holds", "false", "noise")]]
-                             for r in rates.get("rows", [])]))
+                            [[r["claim"], r["size"], str(r.get("trials", "")),
+                              *[cell(r, w) for w in ("holds", "false", "noise")]] for r in rates.get("rows", [])]))
     return blocks
 
 

@@ -168,14 +168,21 @@ def test_claim3d_needs_determined_calls_and_mcnemar():
     assert V.claim3d(iv(0.0), iv(3.0), EPS, (3, 2), 0.13).verdict == INCONCLUSIVE  # McNemar not significant
 
 
+def _lengths(slope: float, seeds: int = 2) -> list[list[float]]:
+    wiggle = np.array([0.0, 0.01, -0.01, 0.0])
+    return [list(0.1 * np.exp(slope * np.arange(4) + wiggle)) for _ in range(seeds)]
+
+
 def test_claim4_decides_on_intervals_and_slopes():
-    assert V.claim4(iv(5.0), [0.3, 0.3], [0.0, 0.05]).verdict == PASS
-    assert V.claim4(iv(0.0), [0.3, 0.3], [0.0, 0.05]).verdict == FAIL  # significant deficit vs the margin
-    assert V.claim4(iv(5.0), [0.0, 0.0], [0.2, 0.1]).verdict == FAIL  # IMP's length grows faster everywhere
-    assert V.claim4(iv(1.0), [0.3, 0.3], [0.0, 0.0]).verdict == INCONCLUSIVE  # interval straddles the margin
-    assert V.claim4(iv(5.0), [0.3, 0.0], [0.0, 0.1]).verdict == INCONCLUSIVE  # seeds disagree
-    tiny = V.claim4(iv(0.999999, 0.5), [0.3, 0.3], [0.0, 0.0])  # issue 9: a 1e-9 pp shortfall is not a FAIL
+    assert V.claim4(iv(5.0), _lengths(0.3), _lengths(0.0)).verdict == PASS
+    assert V.claim4(iv(0.0), _lengths(0.3), _lengths(0.0)).verdict == FAIL  # significant deficit vs the margin
+    # error as predicted but IMP's projection length grows faster: mixed evidence, not a PASS
+    assert V.claim4(iv(5.0), _lengths(0.0), _lengths(0.3)).verdict == INCONCLUSIVE
+    assert V.claim4(iv(1.0), _lengths(0.3), _lengths(0.0)).verdict == INCONCLUSIVE  # straddles the margin
+    tiny = V.claim4(iv(0.999999, 0.5), _lengths(0.3), _lengths(0.0))  # issue 9: a 1e-9 pp shortfall is no FAIL
     assert tiny.verdict == INCONCLUSIVE
+    d = V.slope_difference(_lengths(0.3), _lengths(0.1))
+    assert d["mean"] == pytest.approx(0.2, abs=0.01) and d["lo"] < 0.2 < d["hi"]
 
 
 def test_with_replicates_demotes_but_never_promotes():
