@@ -43,7 +43,8 @@ P_STAR_TOLERANCE = Threshold(0.2, "fraction", "(ours) one grid step of the p gri
                              "Claim 3b: |predicted p* - measured p_max| allowed for random pruning")
 THEORY_EPS_LOSS = Threshold(0.1, "nats", "(ours) loss tolerance of the sublevel set in the quadratic model",
                             "eps of d*(eps, R) in Claim 3's prune-limit theory")
-SIGNIFICANCE = Threshold(0.05, "p-value", "(ours) conventional one-sided level",
+SIGNIFICANCE = Threshold(0.05, "p-value", "(ours) conventional level (one-sided; 3a splits it over its two "
+                         "directions)",
                          "every test a verdict rests on (Fisher 2x2 of claim 1, binomial share tests, the partial "
                          "rank correlation of 3a both ways, the sign test of 3c, McNemar of 3d); a FAIL needs a "
                          "significant result against the prediction (issue 9: 3a used to FAIL on rho >= 0, "

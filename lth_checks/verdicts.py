@@ -369,9 +369,11 @@ def claim3a(top_eigenvalues: Sequence[float], p_max_values: Sequence[float],
         return Verdict(INCONCLUSIVE, "p_max or sharpness does not vary at equal density: the partial correlation "
                        "is undefined", effect)
     if res["p_min"] >= half:
-        return Verdict(INCONCLUSIVE, f"underpowered: with {x.size} points in {np.unique(z).size} density strata the "
+        strata = np.unique(z).size
+        per = next(r for r in range(2, 50) if math.factorial(r) ** strata * half > 1)  # untied orderings needed
+        return Verdict(INCONCLUSIVE, f"underpowered: with {x.size} points in {strata} density strata the "
                        f"smallest reachable p-value is {res['p_min']:.3f} >= {half:g} (two-sided {alpha:g}); needs "
-                       f"more replicates per level (measured partial rho {rho:+.2f})", effect)
+                       f"about {per} replicates per level (measured partial rho {rho:+.2f})", effect)
     if rho < 0 and res["p_less"] < half:
         return Verdict(PASS, f"partial rank correlation given density {rho:+.2f} (one-sided p = {res['p_less']:.3f} "
                        f"< {half:g})", effect)
