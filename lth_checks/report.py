@@ -709,6 +709,11 @@ def _table(rows: list[dict], columns: list[Column], css: str = "wide") -> Table:
     return Table([columns[j][0] for j in keep], [[row[j] for j in keep] for row in cells], css=css)
 
 
+def _call(x: Any) -> str:
+    """A three-way call: True / False / None (undetermined: the interval straddles the threshold)."""
+    return "undetermined" if x is None else fmt(x)
+
+
 def _g(key: str, f: Callable[[Any], str] = fmt) -> Callable[[dict], str]:
     return lambda r: f(r.get(key))
 
@@ -732,6 +737,10 @@ def _measured_claim1(doc: dict, o: dict, m: dict) -> list:
         b = _ci(r.get("barrier_pp"))
         if b is None or not isinstance(r.get("matching"), bool):
             return "–"
+        lo, hi = b[1], b[2]
+        if lo is not None and hi is not None:  # a paired-bootstrap interval: only determined calls agree or not
+            connected = True if hi <= tau else False if lo > tau else None
+            return "undetermined" if connected is None else fmt(r["matching"] == connected)
         return fmt(r["matching"] == (b[0] <= tau))
 
     def pooled(r: dict) -> str:
@@ -747,11 +756,13 @@ def _measured_claim1(doc: dict, o: dict, m: dict) -> list:
         ("L → L+1", lambda r: f"{r.get('level')} → {r['level'] + 1}" if isinstance(r.get("level"), int) else "–"),
         ("alive L", _g("density", fmt_pct)), ("alive L+1", _g("next_density", fmt_pct)),
         ("error L (%)", _g("error_pp", fmt_ci)), ("error L+1 (%)", _g("next_error_pp", fmt_ci)),
-        ("dense + ε (%)", dense), ("L+1 matching", _g("matching")),
+        ("dense + ε (%)", dense), ("E(L+1) − dense (pp)", _g("excess_pp", fmt_ci)),
+        ("L+1 matching", _g("matching", _call)),
         ("barrier test (pp)", _g("barrier_pp", fmt_ci)), ("barrier train (pp)", _g("barrier_train_pp", fmt_ci)),
         (f"barrier ≤ τ={tau:g} agrees", agrees), ("in high-sparsity pool", pooled)]
-    return [Para("Means over replicates with 95% intervals in brackets; errors in percent, barriers in "
-                 "percentage points."), _table(_rows(o), cols)]
+    return [Para("Errors in percent (mean over replicates, with a t-interval only from 3 replicates); "
+                 "E(L+1) − dense and barriers in percentage points with 95% paired-bootstrap intervals, which "
+                 "decide the calls: 'undetermined' where the interval straddles ε or τ."), _table(_rows(o), cols)]
 
 
 _KIND = {"sgd_noise": "SGD noise (control)", "real_pair": "real pair L → L+1", "perturb": "perturbed"}
@@ -760,11 +771,18 @@ _KIND = {"sgd_noise": "SGD noise (control)", "real_pair": "real pair L → L+1",
 def _measured_claim2(doc: dict, o: dict, m: dict) -> list:
     cols: list[Column] = [
         ("rewind k", _g("rewind")), ("level L", _g("level")), ("alive", _g("density", fmt_pct)),
-        ("L matching", _g("level_matching")), ("error L (%)", _g("level_error_pp", fmt_ci)),
+        ("L matching", _g("level_matching", _call)), ("error L (%)", _g("level_error_pp", fmt_ci)),
         ("kind", lambda r: _KIND.get(r.get("kind"), str(r.get("kind", "–")))), ("c (× r_L)", _g("c")),
         ("barrier test (pp)", _g("barrier_pp", fmt_ci)), ("r_L", _g("r_L", fmt_ci))]
     late = m.get("late_rewind")
     lead = [Para(f"Late rewind used for the verdict: k = {late}.")] if late is not None else []
+    contrast = m.get("early_vs_late")
+    if isinstance(contrast, dict) and contrast:
+        lead.append(Para("Early vs late rewind (SGD noise and c ≤ 1, at τ = 2 pp; CLAIMS.md expects barriers at "
+                         "k = 0 only): " + "; ".join(
+                             f"k = {c.get('rewind')}: {c.get('established_barriers')} established barriers, "
+                             f"{c.get('established_connected')} established connected, {c.get('undetermined')} "
+                             "undetermined" for c in contrast.values() if isinstance(c, dict)) + "."))
     return lead + [_table(_rows(o), cols)]
 
 

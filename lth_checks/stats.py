@@ -107,7 +107,7 @@ class Paired:
         w = np.concatenate(blocks, axis=1)  # (s, m, n)
         m = w.shape[1]
         counts = resample_counts(n, resamples, seed)
-        point = 100.0 * w.mean(axis=2)  # (s, m)
+        point = 100.0 * w.mean(axis=2, dtype=np.float64)  # (s, m), exact
         boot = (100.0 / n) * (counts @ w.reshape(s * m, n).T).reshape(-1, s, m)  # (b, s, m): one BLAS product
         edges = np.cumsum([0, *widths])
         self._point = {k: point[:, edges[i]:edges[i + 1]] for i, k in enumerate(names)}

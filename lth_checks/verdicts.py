@@ -461,7 +461,8 @@ def claim3d(imp_excess: Interval, oneshot_excess: Interval, eps_pp: float, disco
     b, c = discordant
     mcnemar = float(stats.binomtest(b, b + c, 0.5, alternative="greater").pvalue) if b + c else 1.0
     imp, shot = imp_excess.below(eps_pp), oneshot_excess.below(eps_pp)
-    effect: dict = {"density": density, "imp_matching": imp, "oneshot_matching": shot, "eps_pp": eps_pp,
+    word = {True: "matching", False: "not matching", None: "undetermined"}
+    effect: dict = {"density": density, "imp_matching": word[imp], "oneshot_matching": word[shot], "eps_pp": eps_pp,
                     "imp_excess_pp": imp_excess.to_dict(), "oneshot_excess_pp": oneshot_excess.to_dict(),
                     "discordant_imp_right": b, "discordant_oneshot_right": c, "mcnemar_p_one_sided": mcnemar}
     power = _power(effect, [("error - dense vs eps", [imp_excess, oneshot_excess], eps_pp)])
