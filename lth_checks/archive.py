@@ -68,7 +68,8 @@ def write_archive(path: str | Path, meta: dict, outcomes: list[dict]) -> Path:
                                                "wall_time_s", "config_hashes", "test_id", "evidence")}
                         # outcomes decided without evidence (a divergence, too few levels) keep their verdict
                         | ({} if o.get("evidence") is not None else
-                           {k: o.get(k) for k in ("verdict", "summary", "effect", "tau_sensitivity", "measured")})
+                           {k: o[k] for k in ("verdict", "summary", "effect", "tau_sensitivity", "measured")
+                            if k in o})
                         for o in outcomes]}
     tmp = path.with_name(path.name + ".tmp")
     with gzip.open(tmp, "wt", encoding="utf-8") as f:
