@@ -147,14 +147,15 @@ def claim4_evidence(model: str, size: str, rng: np.random.Generator) -> dict:
             "imp_projected": w.net(), "chain": w.net(excess)}
 
 
-def claim3_rows(part: str, model: str, size: str, rng: np.random.Generator, seeds: int | None = None) -> dict:
+def claim3_rows(part: str, model: str, size: str, rng: np.random.Generator, seeds: int | None = None,
+                levels: int | None = None) -> dict:
     """Rows of claims 3a / 3c: per (seed, level) sharpness and p_max, or Rayleigh quotients."""
     cfg = SIZES[size]
     seeds = seeds or cfg["seeds"]
     grid = T.ONESHOT_GRID.value
     sign = {"holds": -1.0, "false": 1.0, "noise": 0.0}[model]
     rows = []
-    for level in range(cfg["levels"]):
+    for level in range(levels or cfg["levels"]):
         for seed in range(seeds):
             sharp = rng.normal()
             latent = 0.5 + 0.25 * sign * sharp + 0.05 * rng.normal() - 0.05 * level
@@ -173,7 +174,8 @@ def claim3_rows(part: str, model: str, size: str, rng: np.random.Generator, seed
 
 GENERATORS = {"1": claim1_evidence, "2": claim2_evidence, "3d": claim3d_evidence, "4": claim4_evidence,
               "3a": lambda m, s, r: claim3_rows("a", m, s, r), "3c": lambda m, s, r: claim3_rows("c", m, s, r),
-              "3a (5 seeds)": lambda m, s, r: claim3_rows("a", m, s, r, seeds=5)}
+              "3a (5 seeds)": lambda m, s, r: claim3_rows("a", m, s, r, seeds=5),
+              "3c (6 levels)": lambda m, s, r: claim3_rows("c", m, s, r, levels=6)}
 
 
 def rates(claim: str, size: str, trials: int, seed: int = 0) -> dict:
@@ -188,11 +190,11 @@ def rates(claim: str, size: str, trials: int, seed: int = 0) -> dict:
     return out
 
 
-SMALL_TRIALS_SHARE = 0.4  # the small size costs ~4x per trial; fewer trials, said in the table
+SMALL_TRIALS = {"1": 0.2, "2": 0.2}  # share of the trials at small size (a trial there costs ~2 s); else 0.4
 
 
 def measure_all(trials: int = 100) -> dict:
-    rows = [rates(c, s, trials if s == "smoke" else max(1, round(SMALL_TRIALS_SHARE * trials)))
+    rows = [rates(c, s, trials if s == "smoke" else max(1, round(SMALL_TRIALS.get(c, 0.4) * trials)))
             for c in GENERATORS for s in SIZES if not (c.startswith("3") and s == "small" and c != "3d")]
     sizes = ", ".join(f"{k}: {v['examples']} test examples, {v['seeds']} seeds" for k, v in SIZES.items())
     return {"trials": trials, "rows": rows,
