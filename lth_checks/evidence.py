@@ -23,7 +23,7 @@ from .config import override
 from .errors import DivergenceError
 from .imp import Experiment, run_together
 from .measure import suite
-from .measure.branches import train_together
+from .measure.branches import Branch, train_together
 from .measure.connectivity import PathResult, PathSettings, barrier, instability
 from .recipes import get_recipe, recipe_config
 from .store import Store
@@ -303,8 +303,7 @@ def claim2_evidence(ctx: ClaimContext, recipe: str) -> tuple[dict, list[Experime
                 specs = [suite.perturb_spec(level, c, s) for _ in exps]
                 perturb[f"{c:g}"] = {"path": _stack([suite.branch_path_correct(e, sp, s)["test"]
                                                      for e, sp in zip(exps, specs)]),
-                                     "r_L": [suite.perturbation_barrier(e, level, c, s)["branch"]["scale_r"]
-                                             for e in exps]}
+                                     "r_L": [Branch(e, sp).result().scale_r for e, sp in zip(exps, specs)]}
             levels.append({"level": level, "density": exps[0].result(level).density,
                            "correct": _stack([suite.level_correct(e, level)["test"] for e in exps]),
                            "sgd_noise": _stack([suite.branch_path_correct(e, suite.sgd_noise_spec(e, level, s),
@@ -519,8 +518,6 @@ def claim3d_evidence(ctx: ClaimContext, recipe: str, exps: list[Experiment]) -> 
     alive = sum(int(target_mask[n].sum()) for n in pool)
     total = sum(target_mask[n].numel() for n in pool)
     spec = suite.oneshot_spec(0, 1.0 - alive / total, "magnitude_global", ctx.settings)
-    for e in exps:
-        suite.oneshot(e, 0, spec.fraction, spec.strategy, ctx.settings)
     return {"claim": "3d", "replicates": ctx.n_replicates(), "required": ctx.required_replicates(recipe),
             "target_level": target, "density": densities[target],
             "target_density": float(T.ONESHOT_TARGET_DENSITY.value),
