@@ -187,4 +187,4 @@ def underpowered_note(interval: Interval, threshold: float, what: str) -> str | 
     if "replicates" in need:
         more += f" or {need['replicates']} replicates"
     return (f"underpowered: the typical {what} interval is +-{interval.half_width:.2f} pp against a threshold of "
-            f"{threshold:g} pp; needs {more}")
+            f"{threshold:.3g} pp; needs {more}")
