@@ -145,6 +145,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild a report without training: re-render a run's results.json, or re-run the claims cache-only."""
     from pathlib import Path
 
+    if args.from_evidence:
+        from .archive import report_from_evidence
+
+        print(f"{report_from_evidence(args.from_evidence, args.report_dir)}/report.html")
+        return 0
     if args.rebuild:
         from .report import rebuild
 
@@ -217,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_measure)
     p = sub.add_parser("report", help="rebuild a claims report from the cache, training nothing")
     p.add_argument("--rebuild", metavar="RUN_DIR", help="only re-render reports/<run-id> from its results.json")
+    p.add_argument("--from-evidence", metavar="ARCHIVE",
+                   help="re-decide every verdict with the current rules from a run's evidence.json.gz (or its "
+                        "run folder) and write a new report; needs no cache, weights or data")
     p.add_argument("--scale", default="smoke", help="smoke, small or paper (as the claims run used)")
     p.add_argument("--recipe", action="append", default=[], help="recipes (default: the scale's)")
     p.add_argument("--replicates", type=int, help="as the claims run used")

@@ -232,6 +232,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                "plan": PLANS[ctx.scale].__dict__}
     meta = run_metadata(scale=ctx.scale, options=options, device=_resolved_device(ctx.device), wall_time_s=wall,
                         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    meta["regime"] = PLANS[ctx.scale].regime_line()
     outcomes = sorted(_session_outcomes, key=lambda o: (o["claim"], o["recipe"]))
     config.stash[_report_key] = write_report(outcomes, meta, config.option.report_dir)
 
@@ -250,6 +251,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         return
     tr = terminalreporter
     tr.write_sep("=", "lth-checks verdicts")
+    ctx: ClaimContext = config.stash[_context_key]
+    if PLANS[ctx.scale].regime_line():
+        tr.line(f"regime: {PLANS[ctx.scale].regime_line()}", yellow=True)
     for o in sorted(_session_outcomes, key=lambda o: (o["claim"], o["recipe"])):
         sweep = " ".join(f"{k}pp:{v[0]}" for k, v in o.get("tau_sensitivity", {}).items())
         color = {"PASS": {"green": True}, "FAIL": {"red": True}}.get(o["verdict"], {"yellow": True})

@@ -394,6 +394,8 @@ def write_report(outcomes: list[dict], meta: dict, report_root: str | Path = "re
     a suffix (-2, -3, ...). Returns the run folder.
     """
     root = Path(report_root)
+    evidence = list(outcomes) if any(o.get("evidence") is not None for o in outcomes) else []
+    outcomes = [{k: v for k, v in o.items() if k != "evidence"} for o in outcomes]  # bits go to the archive
     doc = to_jsonable({"meta": meta, "thresholds": T.as_dict(), "outcomes": list(outcomes),
                        "summary": summarize(outcomes)})
     errors = check_schema(doc, RESULTS_SCHEMA)
@@ -401,6 +403,10 @@ def write_report(outcomes: list[dict], meta: dict, report_root: str | Path = "re
         warnings.warn(f"results do not match RESULTS_SCHEMA: {'; '.join(errors[:5])}", ReportWarning, stacklevel=2)
     run_dir = _new_run_dir(root, run_id, str(meta.get("scale") or "run"))
     _atomic_write(run_dir / RESULTS_FILE, _dumps(doc).encode("utf-8"))
+    if evidence:  # per-example evidence, to re-decide without weights (lth-checks report --from-evidence)
+        from .archive import ARCHIVE_FILE, write_archive
+
+        write_archive(run_dir / ARCHIVE_FILE, meta, evidence)
     _render(run_dir, load_results(run_dir))
     _update_latest(root, run_dir)
     return run_dir
@@ -703,6 +709,11 @@ def _table(rows: list[dict], columns: list[Column], css: str = "wide") -> Table:
     return Table([columns[j][0] for j in keep], [[row[j] for j in keep] for row in cells], css=css)
 
 
+def _call(x: Any) -> str:
+    """A three-way call: True / False / None (undetermined: the interval straddles the threshold)."""
+    return "undetermined" if x is None else fmt(x)
+
+
 def _g(key: str, f: Callable[[Any], str] = fmt) -> Callable[[dict], str]:
     return lambda r: f(r.get(key))
 
@@ -726,6 +737,10 @@ def _measured_claim1(doc: dict, o: dict, m: dict) -> list:
         b = _ci(r.get("barrier_pp"))
         if b is None or not isinstance(r.get("matching"), bool):
             return "–"
+        lo, hi = b[1], b[2]
+        if lo is not None and hi is not None:  # a paired-bootstrap interval: only determined calls agree or not
+            connected = True if hi <= tau else False if lo > tau else None
+            return "undetermined" if connected is None else fmt(r["matching"] == connected)
         return fmt(r["matching"] == (b[0] <= tau))
 
     def pooled(r: dict) -> str:
@@ -741,11 +756,13 @@ def _measured_claim1(doc: dict, o: dict, m: dict) -> list:
         ("L → L+1", lambda r: f"{r.get('level')} → {r['level'] + 1}" if isinstance(r.get("level"), int) else "–"),
         ("alive L", _g("density", fmt_pct)), ("alive L+1", _g("next_density", fmt_pct)),
         ("error L (%)", _g("error_pp", fmt_ci)), ("error L+1 (%)", _g("next_error_pp", fmt_ci)),
-        ("dense + ε (%)", dense), ("L+1 matching", _g("matching")),
+        ("dense + ε (%)", dense), ("E(L+1) − dense (pp)", _g("excess_pp", fmt_ci)),
+        ("L+1 matching", _g("matching", _call)),
         ("barrier test (pp)", _g("barrier_pp", fmt_ci)), ("barrier train (pp)", _g("barrier_train_pp", fmt_ci)),
         (f"barrier ≤ τ={tau:g} agrees", agrees), ("in high-sparsity pool", pooled)]
-    return [Para("Means over replicates with 95% intervals in brackets; errors in percent, barriers in "
-                 "percentage points."), _table(_rows(o), cols)]
+    return [Para("Errors in percent (mean over replicates, with a t-interval only from 3 replicates); "
+                 "E(L+1) − dense and barriers in percentage points with 95% paired-bootstrap intervals, which "
+                 "decide the calls: 'undetermined' where the interval straddles ε or τ."), _table(_rows(o), cols)]
 
 
 _KIND = {"sgd_noise": "SGD noise (control)", "real_pair": "real pair L → L+1", "perturb": "perturbed"}
@@ -754,11 +771,18 @@ _KIND = {"sgd_noise": "SGD noise (control)", "real_pair": "real pair L → L+1",
 def _measured_claim2(doc: dict, o: dict, m: dict) -> list:
     cols: list[Column] = [
         ("rewind k", _g("rewind")), ("level L", _g("level")), ("alive", _g("density", fmt_pct)),
-        ("L matching", _g("level_matching")), ("error L (%)", _g("level_error_pp", fmt_ci)),
+        ("L matching", _g("level_matching", _call)), ("error L (%)", _g("level_error_pp", fmt_ci)),
         ("kind", lambda r: _KIND.get(r.get("kind"), str(r.get("kind", "–")))), ("c (× r_L)", _g("c")),
         ("barrier test (pp)", _g("barrier_pp", fmt_ci)), ("r_L", _g("r_L", fmt_ci))]
     late = m.get("late_rewind")
     lead = [Para(f"Late rewind used for the verdict: k = {late}.")] if late is not None else []
+    contrast = m.get("early_vs_late")
+    if isinstance(contrast, dict) and contrast:
+        lead.append(Para("Early vs late rewind (SGD noise and c ≤ 1, at τ = 2 pp; CLAIMS.md expects barriers at "
+                         "k = 0 only): " + "; ".join(
+                             f"k = {c.get('rewind')}: {c.get('established_barriers')} established barriers, "
+                             f"{c.get('established_connected')} established connected, {c.get('undetermined')} "
+                             "undetermined" for c in contrast.values() if isinstance(c, dict)) + "."))
     return lead + [_table(_rows(o), cols)]
 
 
@@ -922,7 +946,11 @@ def _build(doc: dict, run_id: str, figures: dict[int, list[Fig]], figure_errors:
         if counts:
             counts.append(" · ")
         counts += [Badge(v), f" {summary.get(v, 0)}"]
-    blocks += [Heading(2, "Verdicts"), Para(["Outcomes: ", *counts, f" (total {summary.get('total', len(outcomes))})"]),
+    regime = meta.get("regime") or ((meta.get("options") or {}).get("plan") or {}).get("regime")
+    blocks.append(Heading(2, "Verdicts"))
+    if regime:
+        blocks.append(Para(f"Regime: {regime}."))
+    blocks += [Para(["Outcomes: ", *counts, f" (total {summary.get('total', len(outcomes))})"]),
                Para("PASS: the prediction held. FAIL: it was contradicted. INCONCLUSIVE: the run could not "
                     "discriminate (too few replicates, one class absent, a divergence, a saturated grid); "
                     "INCONCLUSIVE is not a pass.", note=True)]
@@ -936,21 +964,69 @@ def _build(doc: dict, run_id: str, figures: dict[int, list[Fig]], figure_errors:
         o = outcomes[i]
         v = str(o.get("verdict", "UNKNOWN"))
         vt_rows.append([Link(str(o.get("claim", "?")), f"#{_anchor(i, o)}"), _recipe_label(o), Badge(v),
-                        str(o.get("summary", "")), _tau_cell(o), _wall(o.get("wall_time_s"))])
+                        str(o.get("summary", "")), _resolution_cell(o), _tau_cell(o), _wall(o.get("wall_time_s"))])
         attrs.append({"class": f"outcome row-{v.lower()}", "data-claim": o.get("claim", "?"),
                       "data-recipe": o.get("recipe", "?"), "data-verdict": v})
-    blocks.append(Table(["claim", "recipe", "verdict", "summary", "τ = 1 / 2 / 3 pp", "wall time"], vt_rows, attrs))
+    blocks.append(Table(["claim", "recipe", "verdict", "summary", "resolution: 1 example; threshold and distance "
+                         "to it in examples", "τ = 1 / 2 / 3 pp", "wall time"], vt_rows, attrs))
     if figure_errors:
         blocks += [Heading(3, "Figures that could not be drawn"), Bullets(figure_errors)]
     blocks.append(Heading(2, "Outcomes"))
     for i in order:
         blocks += _outcome_section(doc, i, outcomes[i], figures.get(i, []))
+    blocks += _method_section()
     th = doc.get("thresholds") or {}
     if th:
         blocks += [Heading(2, "All thresholds"),
                    Table(["threshold", "value", "unit", "source", "meaning"],
                          [[n, fmt(t.get("value")), str(t.get("unit", "")), str(t.get("source", "")),
                            str(t.get("meaning", ""))] for n, t in th.items() if isinstance(t, dict)])]
+    return blocks
+
+
+def _resolution_cell(o: dict) -> str:
+    """'0.28 pp; eps 0.5 pp = 1.8 ex, median distance 2.1 ex; ...' from the verdict's effect."""
+    e = o.get("effect") or {}
+    res = _num(e.get("resolution_pp"))
+    if res is None:
+        return "–"
+    parts = [f"{res:.3g} pp ({e.get('examples', '?')} examples)"]
+    for name, d in (e.get("distance_to_thresholds") or {}).items():
+        if isinstance(d, dict):
+            parts.append(f"{name}: {fmt(_num(d.get('threshold_examples')), 3)} ex, median distance "
+                         f"{fmt(_num(d.get('median_distance_examples')), 3)} ex, typical ± "
+                         f"{fmt(_num(d.get('typical_half_width_pp')), 3)} pp")
+    return "; ".join(parts)
+
+
+def _method_section() -> list:
+    """How verdicts are decided, with the measured error rates of every rule (lth_checks/verdict_rates.json)."""
+    from .stats import BOOTSTRAP_RESAMPLES
+
+    blocks: list = [Heading(2, "Method: intervals, power and measured error rates of the rules"),
+                    Para(f"Every comparison a verdict hinges on (a level's error vs dense + ε, one-shot vs IMP, a "
+                         f"path's barrier vs τ, the chain vs IMP) gets a 95% interval from a paired bootstrap over "
+                         f"the test examples ({BOOTSTRAP_RESAMPLES:,} resamples, the same resample for every network "
+                         "and every path point); with 3 or more replicates the seeds are resampled as well, with "
+                         "fewer the interval holds the test-set noise only. A call is determined when its interval "
+                         "lies on one side of its threshold, and verdicts rest on determined calls only. A verdict "
+                         "whose typical interval is wider than its threshold is INCONCLUSIVE ('underpowered') with "
+                         "the number of test examples (or replicates) that would resolve it, scaled from the "
+                         "measured interval width. The per-example correctness behind every interval is in "
+                         "evidence.json.gz; `lth-checks report --from-evidence` re-decides a run from it.")]
+    path = Path(__file__).with_name("verdict_rates.json")
+    if path.exists():
+        rates = json.loads(path.read_text())
+        blocks.append(Para(f"Measured error rates of each rule on synthetic data (trials per cell in the table; "
+                           f"{rates.get('description', '')}). Required: FAIL ≤ 5% where the claim holds, PASS "
+                           "≤ 5% where it is false, each ≤ 5% on pure noise."))
+        def cell(r: dict, w: str) -> str:
+            return f"{100 * r[w]['PASS']:.1f}% / {100 * r[w]['FAIL']:.1f}%"
+
+        blocks.append(Table(["claim", "sample size", "trials", "holds: PASS / FAIL", "false: PASS / FAIL",
+                             "noise: PASS / FAIL"],
+                            [[r["claim"], r["size"], str(r.get("trials", "")),
+                              *[cell(r, w) for w in ("holds", "false", "noise")]] for r in rates.get("rows", [])]))
     return blocks
 
 

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -106,6 +107,7 @@ class Checkpoint:
 class EvalResult:
     error: float  # top-1 error in [0, 1]
     loss: float
+    correct: np.ndarray | None = None  # per-example correctness (bool), when asked for
 
 
 def train(model: nn.Module, mask: Mapping[str, torch.Tensor], split: Split, cfg: TrainConfig, *,
@@ -218,20 +220,29 @@ def momentum_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, to
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, precision: str = "fp32") -> EvalResult:
-    """Top-1 error and mean cross-entropy on a whole split, in eval mode (one host sync at the end)."""
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, precision: str = "fp32",
+             per_example: bool = False) -> EvalResult:
+    """Top-1 error and mean cross-entropy on a whole split, in eval mode (one host sync at the end).
+
+    per_example: also return each example's correctness (the paired evidence of the verdicts).
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     wrong = torch.zeros((), device=device)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    hits = []
     for i in range(0, len(split), batch_size):
         x, y = split.inputs[i:i + batch_size], split.targets[i:i + batch_size]
         with autocast(device, precision):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        wrong += (logits.argmax(1) != y).sum()
+        hit = logits.argmax(1) == y
+        wrong += (~hit).sum()
+        if per_example:
+            hits.append(hit)
     model.train(was_training)
     n = len(split)
     loss = float(loss_sum) / n
-    return EvalResult(error=float(wrong) / n, loss=loss)
+    correct = torch.cat(hits).cpu().numpy() if per_example else None
+    return EvalResult(error=float(wrong) / n, loss=loss, correct=correct)

@@ -45,6 +45,15 @@ def test_claims_plugin_end_to_end(tmp_path: Path):
     figures = re.findall(r'href="(figures/[^"]+\.png)"', html)
     assert figures and all((run_dir / f).exists() for f in figures)
 
+    # the run's evidence re-decides to the same verdicts without cache or weights (issue 9)
+    from lth_checks.archive import report_from_evidence
+
+    assert (run_dir / "evidence.json.gz").stat().st_size < 2_000_000
+    redone = report_from_evidence(run_dir / "evidence.json.gz", tmp_path / "from-evidence")
+    again_doc = json.loads((redone / "results.json").read_text())
+    assert [(o["claim"], o["verdict"], o["summary"]) for o in again_doc["outcomes"]] == \
+        [(o["claim"], o["verdict"], o["summary"]) for o in results["outcomes"]]
+
     # a second run is served from the cache (cache-only mode would fail if anything were missing)
     again = _run_claims(tmp_path, "--cache-only")
     assert again.returncode == proc.returncode, again.stdout + again.stderr

@@ -271,3 +271,32 @@ def test_branches_trained_together_equal_branches_trained_alone(tiny_config, tmp
         assert ra == rb, spec
         sa, sb = a.solution(), b.solution()
         assert all(torch.equal(sa[k], sb[k]) for k in sa), spec
+
+
+def test_per_example_correctness_agrees_with_the_cached_errors(tiny_experiment):
+    """The packed bits behind every interval give exactly the errors the instruments cached (issue 9)."""
+    exp = tiny_experiment
+    exp.run(2)
+    bits = suite.level_correct(exp, 1)
+    assert (~bits["test"]).mean() == pytest.approx(exp.result(1).test_error, abs=1e-12)
+    assert (~bits["train"]).mean() == pytest.approx(exp.result(1).train_error, abs=1e-12)
+    path = suite.successive_barrier(exp, 0)
+    pbits = suite.successive_path_correct(exp, 0)
+    assert pbits["test"].shape == (len(path.alphas), len(exp.dataset.test))
+    assert list((~pbits["test"]).mean(axis=1)) == pytest.approx(path.test_error, abs=1e-12)
+    assert list((~pbits["train"]).mean(axis=1)) == pytest.approx(path.train_error, abs=1e-12)
+    proj = suite.projected_correct(exp, 0)
+    assert (~proj["test"]).mean() == pytest.approx(suite.weight_statistics(exp, 0)["projected_test_error"], abs=1e-12)
+    assert suite.level_correct(exp, 1)["test"].tolist() == bits["test"].tolist()  # served from the cache
+
+
+def test_perturbation_directions_are_independent_across_c(tiny_experiment):
+    """Claim 2 counts each c as a case, so each c gets its own direction (not one direction rescaled)."""
+    exp = tiny_experiment
+    exp.run(2)
+    starts = [Branch(exp, BranchSpec("perturb", 1, c=c, noise_seed=0))._start() for c in (0.5, 1.0)]
+    rewind = exp.rewind_state()
+    d = [torch.cat([(s[1][k] - rewind[k]).flatten() for k in rewind if rewind[k].is_floating_point()])
+         for s in starts]
+    cos = float(torch.dot(d[0], d[1]) / (d[0].norm() * d[1].norm()))
+    assert abs(cos) < 0.5

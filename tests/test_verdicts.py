@@ -7,46 +7,64 @@ import pytest
 
 from lth_checks import thresholds as T
 from lth_checks import verdicts as V
+from lth_checks.stats import Interval
 from lth_checks.verdicts import FAIL, INCONCLUSIVE, PASS
 
 
-def _pairs(spec: list[tuple[bool, float]], density: float = 0.3) -> list[V.LevelPair]:
-    return [V.LevelPair(rewind=0, level=i, next_density=density, matching=m, barrier_pp=b)
-            for i, (m, b) in enumerate(spec)]
+def iv(mean: float, half: float = 0.3, n: int = 10_000, seeds: int = 2) -> Interval:
+    """A planted interval (pp)."""
+    return Interval(mean, mean - half, mean + half, half / 2, n, seeds, seeds >= 3, (mean,) * seeds)
+
+
+EPS = 0.5
+
+
+def _pairs(spec: list[tuple[float, float]], density: float = 0.3, half: float = 0.3) -> list[V.LevelPair]:
+    """(excess over dense pp, barrier pp) per pair."""
+    return [V.LevelPair(rewind=0, level=i, next_density=density, excess=iv(x, half), eps_pp=EPS,
+                        barrier=iv(b, half)) for i, (x, b) in enumerate(spec)]
+
+
+MATCH, NOT = -0.5, 3.0  # excess over dense: clearly matching / clearly not
 
 
 def test_claim1_agreement_passes():
-    pairs = _pairs([(True, 0.1)] * 5 + [(False, 5.0)] * 5)
+    pairs = _pairs([(MATCH, 0.1)] * 5 + [(NOT, 5.0)] * 5)
     v = V.claim1(pairs, tau_pp=2.0, replicates=3)
-    assert v.verdict == PASS and v.effect["agreement"] == 1.0
+    assert v.verdict == PASS and v.effect["agreement"] == 1.0 and v.effect["fisher_p_one_sided"] < 0.05
 
 
 def test_claim1_disagreement_fails():
-    pairs = _pairs([(True, 0.1)] * 5 + [(False, 0.2)] * 5)  # non-matching but connected: contradicts "iff"
-    assert V.claim1(pairs, tau_pp=2.0, replicates=3).verdict == FAIL
-
-
-def test_claim1_lopsided_pool_cannot_pass_on_its_larger_class():
-    pairs = _pairs([(True, 0.3)] * 10 + [(False, 0.3)])  # 91% raw agreement, but the non-matching pair disagrees
+    pairs = _pairs([(MATCH, 0.1)] * 5 + [(NOT, 0.2)] * 5)  # non-matching but connected: contradicts "iff"
     v = V.claim1(pairs, tau_pp=2.0, replicates=3)
     assert v.verdict == FAIL and v.effect["balanced_agreement"] == 0.5
 
 
+def test_claim1_undetermined_pairs_do_not_count():
+    """Pairs whose error sits within its interval of dense + eps decide nothing (issue 9: the smoke FAIL
+    rested on six pairs 0.2-1.2 images above the line)."""
+    undetermined = _pairs([(EPS + 0.1, 0.2)] * 6, half=1.0)  # would have been 'non-matching and connected'
+    pairs = _pairs([(MATCH, 0.1)] * 5 + [(NOT, 5.0)] * 5) + undetermined
+    v = V.claim1(pairs, tau_pp=2.0, replicates=3)
+    assert v.verdict == PASS and v.effect["undetermined_matching"] == 6 and v.effect["determined_pairs"] == 10
+
+
+def test_claim1_needs_three_determined_pairs_per_class_and_says_what_is_underpowered():
+    pairs = _pairs([(MATCH, 0.1)] * 5 + [(NOT, 5.0)] * 2 + [(EPS, 2.0)] * 5, half=3.0)
+    v = V.claim1(pairs, tau_pp=2.0, replicates=3)
+    assert v.verdict == INCONCLUSIVE and "underpowered" in v.summary and "test examples" in v.summary
+    assert v.effect["distance_to_thresholds"] and v.effect["resolution_pp"] == pytest.approx(0.01)
+
+
 def test_claim1_paper_scale_needs_three_replicates():
-    pairs = _pairs([(True, 0.1)] * 5 + [(False, 5.0)] * 5)
+    pairs = _pairs([(MATCH, 0.1)] * 5 + [(NOT, 5.0)] * 5)
     assert V.claim1(pairs, tau_pp=2.0, replicates=2, required=3).verdict == INCONCLUSIVE
     assert V.claim1(pairs, tau_pp=2.0, replicates=3, required=3).verdict == PASS
 
 
 def test_claim1_one_class_is_inconclusive():
-    pairs = _pairs([(True, 0.1)] * 10)  # e.g. LeNet on MNIST: everything matches
-    v = V.claim1(pairs, tau_pp=2.0, replicates=3)
-    assert v.verdict == INCONCLUSIVE and "one class" in v.summary
-
-
-def test_claim1_too_few_replicates_is_inconclusive():
-    pairs = _pairs([(True, 0.1)] * 5 + [(False, 5.0)] * 5)
-    assert V.claim1(pairs, tau_pp=2.0, replicates=1).verdict == INCONCLUSIVE
+    v = V.claim1(_pairs([(MATCH, 0.1)] * 10), tau_pp=2.0, replicates=3)  # LeNet on MNIST: everything matches
+    assert v.verdict == INCONCLUSIVE and "0 non-matching" in v.summary
 
 
 def test_claim1_divergence_is_inconclusive():
@@ -54,50 +72,69 @@ def test_claim1_divergence_is_inconclusive():
 
 
 def test_claim1_only_counts_high_sparsity_pairs():
-    low = _pairs([(True, 9.0)] * 10, density=0.9)  # disagreeing pairs at low sparsity are ignored
-    high = _pairs([(True, 0.1)] * 5 + [(False, 5.0)] * 5, density=0.2)
+    low = _pairs([(MATCH, 9.0)] * 10, density=0.9)  # disagreeing pairs at low sparsity are ignored
+    high = _pairs([(MATCH, 0.1)] * 5 + [(NOT, 5.0)] * 5, density=0.2)
     assert V.claim1(low + high, tau_pp=2.0, replicates=3).verdict == PASS
 
 
 def test_claim1_tau_sweep_reports_each_tau():
-    pairs = _pairs([(True, 0.1)] * 5 + [(False, 2.5)] * 5)
+    pairs = _pairs([(MATCH, 0.1)] * 5 + [(NOT, 2.5)] * 5, half=0.2)
     sweep = V.tau_sweep(lambda tau: V.claim1(pairs, tau, replicates=3))
     assert sweep == {"1": PASS, "2": PASS, "3": FAIL}
 
 
+def _cases(barrier: float, half: float = 0.3, n: int = 3) -> list[V.PerturbationCase]:
+    return [V.PerturbationCase(level, c, iv(barrier, half), True) for level in range(n) for c in (0.5, 1.0)]
+
+
 def test_claim2_rules():
-    cases = [V.PerturbationCase(level, c, 0.3, True) for level in range(3) for c in (0.5, 1.0)]
-    assert V.claim2(cases, [0.1, 0.2], 2.0, replicates=3).verdict == PASS
-    broken = [V.PerturbationCase(level, c, 6.0, True) for level in range(3) for c in (0.5, 1.0)]
-    assert V.claim2(broken, [0.1], 2.0, replicates=3).verdict == FAIL
-    assert V.claim2(cases, [4.0], 2.0, replicates=3).verdict == INCONCLUSIVE  # not even SGD-noise stable
-    assert V.claim2([V.PerturbationCase(0, 1.0, 0.1, False)], [], 2.0, replicates=3).verdict == INCONCLUSIVE
-    big_c_only = [V.PerturbationCase(0, 4.0, 9.0, True), V.PerturbationCase(0, 1.0, 0.5, True)]
-    assert V.claim2(big_c_only, [0.1], 2.0, replicates=3).verdict == PASS  # c > 1 is not part of the claim
-    # an instrument that never shows a barrier anywhere cannot tell robustness from insensitivity
-    assert V.claim2(cases, [0.1], 2.0, replicates=3, all_barriers_pp=[0.3, 0.1, 1.0]).verdict == INCONCLUSIVE
-    assert V.claim2(cases, [0.1], 2.0, replicates=3, all_barriers_pp=[0.3, 0.1, 9.0]).verdict == PASS
+    shows = [iv(9.0)]  # the instrument shows a barrier somewhere (k = 0)
+    assert V.claim2(_cases(0.3), [iv(0.1)], 2.0, replicates=3, all_barriers=shows).verdict == PASS
+    assert V.claim2(_cases(6.0), [iv(0.1)], 2.0, replicates=3, all_barriers=shows).verdict == FAIL
+    # not even SGD-noise stable
+    assert V.claim2(_cases(0.3), [iv(4.0)], 2.0, replicates=3, all_barriers=shows).verdict == INCONCLUSIVE
+    no_matching = [V.PerturbationCase(0, 1.0, iv(0.1), None)]
+    assert V.claim2(no_matching, [], 2.0, replicates=3).verdict == INCONCLUSIVE
+    big_c = [V.PerturbationCase(0, 4.0, iv(9.0), True)] + _cases(0.5)
+    assert V.claim2(big_c, [iv(0.1)], 2.0, replicates=3, all_barriers=shows).verdict == PASS  # c > 1 is not the claim
+    # an instrument that never establishes a barrier cannot tell robustness from insensitivity
+    assert V.claim2(_cases(0.3), [iv(0.1)], 2.0, replicates=3,
+                    all_barriers=[iv(0.3), iv(2.1, half=1.0)]).verdict == INCONCLUSIVE
+    # undetermined barriers decide nothing
+    v = V.claim2(_cases(2.0, half=1.0), [iv(0.1)], 2.0, replicates=3, all_barriers=shows)
+    assert v.verdict == INCONCLUSIVE and "0/0 determined" in v.summary
+    v = V.claim2(_cases(2.0, half=2.5), [iv(0.1)], 2.0, replicates=3, all_barriers=shows)
+    assert v.verdict == INCONCLUSIVE and "underpowered" in v.summary
 
 
-def test_p_max_needs_matching_and_connected():
-    sweep = [(0.2, True, 0.1), (0.4, True, 0.5), (0.6, True, 3.0), (0.8, False, 0.1)]
-    assert V.p_max(sweep, tau_pp=2.0) == 0.4
-    assert V.p_max(sweep, tau_pp=3.5) == 0.6
-    assert V.p_max([(0.2, False, 0.0)], 2.0) == 0.0
+def test_p_max_requires_smaller_fractions_to_pass_too():
+    sweep = [(0.2, True, 0.1), (0.4, True, 0.5), (0.6, True, 3.0), (0.8, True, 0.1)]
+    assert V.p_max(sweep, tau_pp=2.0) == 0.4  # 0.8 passes but 0.6 does not: the limit is 0.4
+    assert V.p_max(sweep, tau_pp=3.5) == 0.8
+    assert V.p_max([(0.2, False, 0.0), (0.4, True, 0.0)], 2.0) == 0.0
 
 
-def test_claim3a_rank_correlation():
-    sharp = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    assert V.claim3a(sharp, [0.9, 0.8, 0.6, 0.4, 0.2, 0.2]).verdict == PASS
-    assert V.claim3a(sharp, [0.2, 0.2, 0.4, 0.6, 0.8, 0.9]).verdict == FAIL
-    assert V.claim3a(sharp, [0.4] * 6).verdict == INCONCLUSIVE
-    assert V.claim3a(sharp[:2], [0.4, 0.2]).verdict == INCONCLUSIVE
+def test_claim3a_controls_density_and_fails_only_when_significantly_positive():
+    rng = np.random.default_rng(0)
+    levels, seeds = 4, 5
+    density = np.repeat(0.8 ** np.arange(levels), seeds)
+    sharp = rng.normal(size=levels * seeds) + np.repeat(np.arange(levels), seeds)
+    grid_noise = 0.01 * rng.normal(size=sharp.size)
+    within = sharp - np.repeat(sharp.reshape(levels, seeds).mean(1), seeds)
+    assert V.claim3a(sharp, 0.5 - 0.2 * within + grid_noise, density).verdict == PASS
+    assert V.claim3a(sharp, 0.5 + 0.2 * within + grid_noise, density).verdict == FAIL
+    # a density trend alone (both fall with density) is not evidence: no within-density relation
+    trend = 0.9 - 0.2 * np.repeat(np.arange(levels), seeds) + 0.05 * rng.normal(size=sharp.size)
+    confounded = V.claim3a(sharp, trend, density)
+    assert confounded.effect["raw_spearman_rho"] < -0.5 and confounded.verdict != PASS
+    assert V.claim3a(sharp, [0.4] * sharp.size, density).verdict == INCONCLUSIVE
 
 
-def test_claim3a_small_samples_use_the_exact_permutation_p_value():
-    rho, p = V.spearman_less(np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.8, 0.6, 0.4, 0.2]))
-    assert rho == pytest.approx(-1.0) and p == pytest.approx(1 / 24)
-    assert V.claim3a([1.0, 2.0, 3.0], [0.8, 0.6, 0.4]).verdict == INCONCLUSIVE  # 1/6 > 0.05: too few levels
+def test_claim3a_says_when_the_smallest_reachable_p_value_is_too_large():
+    density = np.repeat([1.0, 0.4, 0.2, 0.1], 2)  # smoke: 4 levels x 2 seeds -> 2^4 orderings, p >= 1/16
+    v = V.claim3a([1, 2, 3, 4, 5, 6, 7, 8], [0.8, 0.6, 0.8, 0.6, 0.8, 0.6, 0.8, 0.6], density)
+    assert v.verdict == INCONCLUSIVE and "smallest reachable p-value" in v.summary
+    assert v.effect["smallest_reachable_p"] == pytest.approx(1 / 16)
 
 
 def test_claim3b_theory_agreement():
@@ -112,20 +149,40 @@ def test_claim3b_theory_agreement():
     assert V.claim3b([0.9, 0.4, 0.4], [0.0, 0.4, 0.6], grid).verdict == PASS
 
 
-def test_claim3c_and_3d():
-    assert V.claim3c([0.5, 0.4, 0.6], [1.0, 1.0, 1.0]).verdict == PASS
-    assert V.claim3c([2.0, 2.0, 0.5], [1.0, 1.0, 1.0]).verdict == FAIL
-    assert V.claim3c([5.0, 5.0, 5.0], [-1.0, -1.0, -1.0]).verdict == FAIL  # a negative curvature must not flip it
-    assert V.claim3d(True, False, 0.1).verdict == PASS
-    assert V.claim3d(True, True, 0.1).verdict == FAIL
-    assert V.claim3d(False, False, 0.1).verdict == INCONCLUSIVE
+def test_claim3c_counts_levels_not_rows():
+    levels = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert V.claim3c([0.5] * 10, [1.0] * 10, levels).verdict == PASS  # 5 levels: p = 1/32
+    assert V.claim3c([2.0] * 10, [1.0] * 10, levels).verdict == FAIL
+    assert V.claim3c([5.0] * 10, [-1.0] * 10, levels).verdict == FAIL  # a negative curvature must not flip it
+    four = V.claim3c([0.5] * 8, [1.0] * 8, [0, 0, 1, 1, 2, 2, 3, 3])  # 8 rows but 4 independent levels
+    assert four.verdict == INCONCLUSIVE and "smallest reachable p-value" in four.summary
 
 
-def test_claim4_rules():
-    assert V.claim4(5.0, 0.5, 3.0, 1.1).verdict == PASS
-    assert V.claim4(0.2, 0.5, 3.0, 1.1).verdict == FAIL  # chain no worse than IMP
-    assert V.claim4(5.0, 0.5, 1.0, 1.1).verdict == FAIL  # projection length grows no faster
-    assert V.claim4(1.0, 0.5, 3.0, 1.1).verdict == INCONCLUSIVE  # below the margin
+def test_claim3d_needs_determined_calls_and_mcnemar():
+    assert V.claim3d(iv(0.0), iv(3.0), EPS, (30, 2), 0.13).verdict == PASS
+    assert V.claim3d(iv(0.0), iv(0.0), EPS, (5, 5), 0.13).verdict == FAIL
+    assert V.claim3d(iv(2.0), iv(5.0), EPS, (40, 2), 0.13).verdict == INCONCLUSIVE  # IMP not matching
+    # IMP's matching call undetermined (issue 9: smoke's "IMP matches" was [-0.7, +1.4] pp)
+    v = V.claim3d(iv(0.35, 1.05), iv(2.2, 1.0), EPS, (14, 1), 0.086)
+    assert v.verdict == INCONCLUSIVE and "underpowered" in v.summary
+    assert V.claim3d(iv(0.0), iv(3.0), EPS, (3, 2), 0.13).verdict == INCONCLUSIVE  # McNemar not significant
+
+
+def _lengths(slope: float, seeds: int = 2) -> list[list[float]]:
+    wiggle = np.array([0.0, 0.01, -0.01, 0.0])
+    return [list(0.1 * np.exp(slope * np.arange(4) + wiggle)) for _ in range(seeds)]
+
+
+def test_claim4_decides_on_intervals_and_slopes():
+    assert V.claim4(iv(5.0), _lengths(0.3), _lengths(0.0)).verdict == PASS
+    assert V.claim4(iv(0.0), _lengths(0.3), _lengths(0.0)).verdict == FAIL  # significant deficit vs the margin
+    # error as predicted but IMP's projection length grows faster: mixed evidence, not a PASS
+    assert V.claim4(iv(5.0), _lengths(0.0), _lengths(0.3)).verdict == INCONCLUSIVE
+    assert V.claim4(iv(1.0), _lengths(0.3), _lengths(0.0)).verdict == INCONCLUSIVE  # straddles the margin
+    tiny = V.claim4(iv(0.999999, 0.5), _lengths(0.3), _lengths(0.0))  # issue 9: a 1e-9 pp shortfall is no FAIL
+    assert tiny.verdict == INCONCLUSIVE
+    d = V.slope_difference(_lengths(0.3), _lengths(0.1))
+    assert d["mean"] == pytest.approx(0.2, abs=0.01) and d["lo"] < 0.2 < d["hi"]
 
 
 def test_with_replicates_demotes_but_never_promotes():
@@ -144,6 +201,8 @@ def test_mean_ci():
     ci = V.mean_ci([1.0, 2.0, 3.0])
     assert ci["mean"] == 2.0 and ci["lo"] < 2.0 < ci["hi"] and ci["n"] == 3
     assert V.mean_ci([4.0])["lo"] is None
+    two = V.mean_ci([2.22, 2.22])  # issue 9: no 12.7-standard-error or zero-width interval from 2 replicates
+    assert two["lo"] is None and two["hi"] is None and two["std"] == 0.0
 
 
 def test_every_threshold_names_a_source():

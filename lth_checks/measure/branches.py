@@ -5,7 +5,7 @@ the same resumable, checkpointed loop as the IMP levels.
 
 - sgd_noise: retrain m_L * w_k with another data-order seed (LMC's instability test).
 - perturb:   retrain m_L * w_k + delta, delta Gaussian on the alive coordinates of m_L with
-             norm c * r_L (Claim 2).
+             norm c * r_L (Claim 2); an independent direction for every (c, replicate, level).
 - oneshot:   prune a fraction p of the alive weights of w_L by magnitude or at random, rewind to
              w_k with that mask, retrain (Claim 3's p_max). At the lineage's own fraction and
              magnitude strategy this is IMP's level L+1, which is read instead of trained again.
@@ -60,8 +60,11 @@ class BranchSpec:
         used = {"sgd_noise": ("data_seed",), "perturb": ("c", "noise_seed", "data_seed"),
                 "oneshot": ("fraction", "strategy", "noise_seed", "data_seed")}[self.kind]
         d = to_dict(self)
-        # "rng": random draws depend on (replicate, level, noise_seed); entries made before that differ
-        return {"kind": self.kind, "level": self.level, "rng": 2, **{k: d[k] for k in used}}
+        # "rng": random draws depend on (replicate, level, noise_seed); entries made before that differ.
+        # rng 3 (perturb): the direction is drawn anew for every c (issue 9: one direction rescaled
+        # for every c made the c cases one draw counted several times)
+        rng = 3 if self.kind == "perturb" else 2
+        return {"kind": self.kind, "level": self.level, "rng": rng, **{k: d[k] for k in used}}
 
     @property
     def label(self) -> str:
@@ -173,7 +176,7 @@ class Branch:
         if spec.kind == "sgd_noise" or spec.c == 0:
             return mask, rewind, 0.0, 0.0
         r = perturbation_scale(rewind, mask, exp.mask(spec.level + 1))
-        delta = gaussian_direction(mask, spec.c * r, derive_seed(*self._rng_parts))
+        delta = gaussian_direction(mask, spec.c * r, derive_seed(*self._rng_parts, "c", spec.c))
         return mask, add_direction(rewind, delta), spec.c * r, r
 
     def _train(self) -> None:

@@ -161,11 +161,13 @@ def reestimate_batchnorm(model: nn.Module, split: Split, batch_size: int = 500, 
 
 def evaluate_path(model: nn.Module, state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor],
                   test: Split, train: Split, settings: PathSettings = PathSettings(),
-                  precision: str = "fp32") -> PathResult:
+                  precision: str = "fp32", correct: dict[str, list] | None = None) -> PathResult:
     """Error and loss along the straight line from `state_a` to `state_b` (loaded into `model`).
 
     `train` is the fixed, unaugmented training subset; its first `settings.bn_examples` examples
     re-estimate BN statistics in "reestimate" mode. `model` is left holding theta(1).
+    `correct`, when given, receives per split ("test", "train") one per-example correctness array
+    per grid point (the paired evidence of the barrier's interval).
     """
     alphas = settings.alphas
     bn_subset = Split(train.inputs[:settings.bn_examples], train.targets[:settings.bn_examples])
@@ -176,7 +178,9 @@ def evaluate_path(model: nn.Module, state_a: dict[str, torch.Tensor], state_b: d
         if reestimate:
             reestimate_batchnorm(model, bn_subset, precision=precision)
         for split_name, split in (("test", test), ("train", train)):
-            res = evaluate(model, split, settings.batch_size, precision)
+            res = evaluate(model, split, settings.batch_size, precision, per_example=correct is not None)
+            if correct is not None:
+                correct.setdefault(split_name, []).append(res.correct)
             curves[f"{split_name}_error"].append(res.error)
             curves[f"{split_name}_loss"].append(res.loss)
     bn_mode = settings.bn_mode if _has_batchnorm(model) else "none (no batch norm)"

@@ -11,11 +11,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 
+from .. import stats
 from ..config import to_dict
 from ..imp import Experiment
-from ..pruning import alive_count, prunable_weights
-from ..training import derive_seed
+from ..pruning import alive_count, prunable_weights, prune
+from ..training import derive_seed, evaluate
 from .branches import Branch, BranchSpec
 from .connectivity import PathResult, PathSettings, evaluate_path, evaluate_path_batched
 from .hessian import RestrictedHessian, rayleigh_quotient, summarize_hessian
@@ -216,3 +218,96 @@ def measure_level(exp: Experiment, level: int, s: MeasureSettings = MeasureSetti
                    refill_below_threshold=w["refill_fraction_below_threshold"],
                    new_small_weight_share=w["new_small_weight_share"])
     return row
+
+
+# ------------------------------------------------------------------ per-example correctness (packed bits)
+
+CORRECT_SPLITS = ("test", "train")
+
+
+def _cached_correct(exp: Experiment, what: str, params: dict,
+                    compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-example correctness on the test set and the fixed training subset, cached as packed bits.
+
+    A separate `measure` entry per network or path, so the evidence of a verdict can be recomputed
+    (and exported) without weights; the IMP and branch entries are not touched.
+    Arrays are bool, (examples,) for a network and (points, examples) for a path.
+    """
+    entry = exp.store.entry("measure", {"parent": exp.config.key_dict(), "what": what, **to_dict(params)})
+
+    def read() -> dict[str, np.ndarray]:
+        tensors, meta = entry.read_tensors("correct")
+        return {k: stats.unpack(tensors[k].numpy(), int(meta[f"n_{k}"])) for k in CORRECT_SPLITS}
+
+    if entry.has_tensors("correct"):
+        return read()
+    with entry.lock():
+        if not entry.has_tensors("correct"):
+            arrays = compute()
+            entry.write_tensors("correct", {k: torch.from_numpy(stats.pack(arrays[k])) for k in CORRECT_SPLITS},
+                                metadata={f"n_{k}": str(arrays[k].shape[-1]) for k in CORRECT_SPLITS})
+    return read()
+
+
+def _model_correct(exp: Experiment, model) -> dict[str, np.ndarray]:
+    prec = exp.config.train.precision
+    return {"test": evaluate(model, exp.dataset.test, precision=prec, per_example=True).correct,
+            "train": evaluate(model, exp.eval_train, precision=prec, per_example=True).correct}
+
+
+def level_correct(exp: Experiment, level: int) -> dict[str, np.ndarray]:
+    """Correctness of the level-L solution w_L."""
+    return _cached_correct(exp, "correct_level", {"level": level},
+                           lambda: _model_correct(exp, exp.solution_model(level)))
+
+
+def branch_correct(exp: Experiment, spec: BranchSpec) -> dict[str, np.ndarray]:
+    """Correctness of a branch's solution."""
+    branch = Branch(exp, spec)
+    return _cached_correct(exp, "correct_branch", {"branch": spec.key_dict()},
+                           lambda: _model_correct(exp, exp.model_with(branch.solution())))
+
+
+def projected_correct(exp: Experiment, level: int) -> dict[str, np.ndarray]:
+    """Correctness of P(w_L) = m_{L+1} * w_L (IMP's projection, no retraining)."""
+    return _cached_correct(exp, "correct_projected", {"level": level},
+                           lambda: _model_correct(exp, exp.model_with(exp.solution(level), exp.mask(level + 1))))
+
+
+def chain_correct(exp: Experiment, level: int, steps: int) -> dict[str, np.ndarray]:
+    """Correctness of the last network of the no-retraining chain from w_L (same cuts as
+    `weights.no_retrain_chain`)."""
+    def compute() -> dict[str, np.ndarray]:
+        cfg = exp.config.prune
+        state, mask = exp.solution(level), exp.mask(level)
+        weights = prunable_weights(exp.model_with(state, mask))
+        model = None
+        for _ in range(steps):
+            mask = prune(weights, mask, cfg.fraction, cfg.strategy, exp.excluded)
+            model = exp.model_with(state, mask)
+            weights = prunable_weights(model)
+        return _model_correct(exp, model)
+
+    return _cached_correct(exp, "correct_chain", {"level": level, "steps": steps}, compute)
+
+
+def _path_correct(exp: Experiment, state_a, state_b, settings: PathSettings) -> dict[str, np.ndarray]:
+    """Per grid point correctness along a path (evaluated point by point, also on a GPU: the bits are
+    measured once per path and cached)."""
+    out: dict[str, list] = {}
+    evaluate_path(exp.build_model(), state_a, state_b, exp.dataset.test, exp.eval_train, settings,
+                  exp.config.train.precision, correct=out)
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def successive_path_correct(exp: Experiment, level: int,
+                            s: MeasureSettings = MeasureSettings()) -> dict[str, np.ndarray]:
+    return _cached_correct(exp, "correct_successive_path", {"level": level, "path": asdict(s.path)},
+                           lambda: _path_correct(exp, exp.solution(level), exp.solution(level + 1), s.path))
+
+
+def branch_path_correct(exp: Experiment, spec: BranchSpec,
+                        s: MeasureSettings = MeasureSettings()) -> dict[str, np.ndarray]:
+    branch = Branch(exp, spec)
+    return _cached_correct(exp, "correct_branch_path", {"branch": spec.key_dict(), "path": asdict(s.path)},
+                           lambda: _path_correct(exp, exp.solution(spec.level), branch.solution(), s.path))
