@@ -127,7 +127,8 @@ def test_prune_limit_to_dict_is_json_safe_and_infeasible_gives_zero() -> None:
     assert not any(pt.feasible for pt in limit.points)
     d = limit.to_dict()
     assert json.loads(json.dumps(d)) == d
-    assert set(d["points"][0]) == {"p", "R", "d", "d_star", "feasible"}
+    assert set(d["points"][0]) == {"p", "R", "d", "d_star", "feasible", "d_star_top", "d_star_bulk", "d_star_se"}
+    assert d["p_star_low"] == d["p_star_high"] == 0.0 and not d["at_grid_end"] and d["bulk_dim"] == 0
     with pytest.raises(ConfigError):
         predicted_prune_limit([1.0], 1.0, 10, lambda p: 1.0, [])
     with pytest.raises(ConfigError):
