@@ -769,6 +769,7 @@ def _measured_claim3(doc: dict, o: dict, m: dict) -> list:
         ("λ_max", _g("top_eigenvalue")), ("Hessian trace", _g("trace")),
         ("p_max magnitude", _g("p_max_magnitude")), ("p_max random", _g("p_max_random")),
         ("p* magnitude", _g("p_star_magnitude")), ("p* random", _g("p_star_random")),
+        ("p* random (top k only)", _g("p_star_random_top_k_only")),
         ("p* magnitude (trace tail)", _g("p_star_magnitude_trace_tail")),
         ("p* random (trace tail)", _g("p_star_random_trace_tail")),
         ("Rayleigh magnitude", _g("rayleigh_magnitude")), ("Rayleigh random", _g("rayleigh_random")),

@@ -100,18 +100,6 @@ def test_claim3a_small_samples_use_the_exact_permutation_p_value():
     assert V.claim3a([1.0, 2.0, 3.0], [0.8, 0.6, 0.4]).verdict == INCONCLUSIVE  # 1/6 > 0.05: too few levels
 
 
-def test_claim3b_theory_agreement():
-    grid = T.ONESHOT_GRID.value
-    assert V.claim3b([0.6, 0.4, 0.4], [0.6, 0.4, 0.2], grid).verdict == PASS
-    assert V.claim3b([0.4, 0.4, 0.2], [0.9, 0.9, 0.8], grid).verdict == FAIL
-    assert V.claim3b([0.9, 0.9], [0.9, 0.9], grid).verdict == INCONCLUSIVE  # saturated grid
-    # a prediction stuck at the grid's end says nothing, whatever was measured
-    assert V.claim3b([0.9] * 4, [0.8, 0.7, 0.8, 0.9], grid).verdict == INCONCLUSIVE
-    assert V.claim3b([0.9, 0.9, 0.9], [0.2, 0.2, 0.0], grid).verdict == INCONCLUSIVE
-    # only the informative levels are judged
-    assert V.claim3b([0.9, 0.4, 0.4], [0.0, 0.4, 0.6], grid).verdict == PASS
-
-
 def test_claim3c_and_3d():
     assert V.claim3c([0.5, 0.4, 0.6], [1.0, 1.0, 1.0]).verdict == PASS
     assert V.claim3c([2.0, 2.0, 0.5], [1.0, 1.0, 1.0]).verdict == FAIL

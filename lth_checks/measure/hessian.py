@@ -514,6 +514,7 @@ class SpectralDensity:
     alphas: list[list[float]]
     betas: list[list[float]]
     dim: int
+    steps_asked: int = 0  # a run shorter than this broke down: its quadrature is exact
 
     def quadrature(self, steps: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """(nodes, weights) per probe, from the first ``steps`` Lanczos steps (all by default)."""
@@ -539,11 +540,12 @@ class SpectralDensity:
         return max((len(a) for a in self.alphas), default=0)
 
     def to_dict(self) -> dict[str, object]:
-        return {"alphas": self.alphas, "betas": self.betas, "dim": self.dim}
+        return {"alphas": self.alphas, "betas": self.betas, "dim": self.dim, "steps_asked": self.steps_asked}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> SpectralDensity:
-        return cls(alphas=list(d["alphas"]), betas=list(d["betas"]), dim=int(d["dim"]))  # type: ignore[arg-type]
+        return cls(alphas=list(d["alphas"]), betas=list(d["betas"]), dim=int(d["dim"]),  # type: ignore[arg-type]
+                   steps_asked=int(d.get("steps_asked", 0)))  # type: ignore[call-overload]
 
 
 def spectral_density(
@@ -574,7 +576,7 @@ def spectral_density(
         run = lanczos(hessian, z, steps, against=deflate, keep_basis=False)
         alphas.append([float(x) for x in run.alpha])
         betas.append([float(x) for x in run.beta])
-    return SpectralDensity(alphas=alphas, betas=betas, dim=dim)
+    return SpectralDensity(alphas=alphas, betas=betas, dim=dim, steps_asked=steps)
 
 
 def _power(mv: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, iters: int, tol: float) -> tuple[float, bool]:

@@ -102,12 +102,13 @@ def bulk_resolution(density: SpectralDensity | Mapping[str, object] | None) -> f
     Gauss quadrature with m nodes over a bulk of width W places them ~W/m apart, so a
     transition of f at lambda* = 2 eps / R^2 below that is smeared across nodes: on exact
     spectra, d* is then off by 10-40%, above it within a few percent (tests/test_spectrum.py).
-    0 without a density (nothing to resolve).
+    0 without a density, or when every probe's run broke down (its quadrature is then exact).
     """
     if density is None:
         return 0.0
     dens = density if isinstance(density, SpectralDensity) else SpectralDensity.from_dict(density)
-    nodes = [x for x, _ in dens.quadrature()]
+    inexact = [len(a) >= dens.steps_asked for a in dens.alphas]  # shorter runs broke down: exact
+    nodes = [x for (x, _), keep in zip(dens.quadrature(), inexact) if keep]
     if not nodes:
         return 0.0
     span = max(float(x.max()) for x in nodes) - min(float(x.min()) for x in nodes)
@@ -291,7 +292,7 @@ def predicted_prune_limit(
         d = (1.0 - p) * alive
         points.append(PrunePoint(p=p, R=r, d=float(d), d_star=top + bulk, feasible=bool(d >= top + bulk),
                                  d_star_top=top, d_star_bulk=bulk, d_star_se=se,
-                                 resolved=bool(r == 0 or 2 * eps / r**2 >= resolution)))
+                                 resolved=bool(2 * eps >= resolution * r * r)))
 
     def limit(shift: float) -> float:
         return max((pt.p for pt in points if pt.d >= pt.d_star + shift * pt.d_star_se), default=0.0)
