@@ -306,7 +306,7 @@ def test_summarize_hessian_is_json_safe(case: Case) -> None:
     assert d["n_examples"] == 12 and d["subset_seed"] == 3 and d["batch_size"] == 5 and d["dim"] == case.sliced.shape[0]
     assert len(d["top_eigenvalues"]) == 2 and d["top_eigenvalues"][0] >= d["top_eigenvalues"][1]
     assert _rel(d["top_eigenvalue_power"], d["top_eigenvalues"][0]) < 1e-2
-    full = summarize_hessian(case.model, case.mask, case.x, case.y, k=2)
+    full = summarize_hessian(case.model, case.mask, case.x, case.y, k=2, density_probes=8)
     assert full.n_examples == N and _rel(full.top_eigenvalues[0], float(np.linalg.eigvalsh(case.sliced)[-1])) < 1e-3
     # the trace: the exact top-k sum plus an unbiased SLQ (Hutchinson) estimate over the complement
     assert abs(full.trace_mean - float(np.trace(case.sliced))) <= 4 * full.trace_stderr

@@ -26,7 +26,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
@@ -437,7 +437,7 @@ def top_eigenpairs(
     seed: int = 0,
     maxiter: int | None = None,
     extra: int | None = None,
-) -> tuple[np.ndarray, torch.Tensor, dict[str, int]]:
+) -> tuple[np.ndarray, torch.Tensor, dict[str, object]]:
     """The ``k`` algebraically largest eigenvalues (descending), their Ritz vectors (rows) and run info.
 
     One Lanczos run with full reorthogonalisation from a seeded start vector, on the device,
@@ -447,7 +447,8 @@ def top_eigenpairs(
     the last wanted ones: a Ritz value can converge to the next eigenvalue before a close
     neighbour has entered the Krylov space. When ``k + extra >= dim`` the operator is materialised instead (``dim``
     products) and the result is exact. Info: ``steps`` (products used) and ``converged``
-    (leading pairs within tol; fewer than k means ``maxiter`` was reached: a ``RuntimeWarning``).
+    (leading pairs within tol; fewer than k means ``maxiter`` was reached: a ``RuntimeWarning``),
+    and ``tridiagonal``: the run's (alpha, beta), None on the dense path.
     """
     if k < 1:
         raise ConfigError(f"Number of eigenvalues k must be >= 1, got {k}.")
@@ -466,7 +467,7 @@ def top_eigenpairs(
         values, vectors = np.linalg.eigh((h + h.T) / 2)
         order = np.argsort(values)[::-1][: min(k, n)]
         vecs = torch.from_numpy(np.ascontiguousarray(vectors[:, order].T)).to(_device(hessian))
-        return values[order].copy(), vecs, {"steps": n, "converged": int(order.size)}
+        return values[order].copy(), vecs, {"steps": n, "converged": int(order.size), "tridiagonal": None}
 
     def done(run: LanczosResult) -> bool:
         return run.steps >= want and _top_converged(run, want, tol) >= want
@@ -483,7 +484,9 @@ def top_eigenpairs(
         )
     assert run.basis is not None
     ritz_vectors = torch.from_numpy(np.ascontiguousarray(vectors[:, order].T)).to(run.basis.device) @ run.basis
-    return values[order].copy(), ritz_vectors, {"steps": run.steps, "converged": converged}
+    info = {"steps": run.steps, "converged": converged,
+            "tridiagonal": ([float(x) for x in run.alpha], [float(x) for x in run.beta])}
+    return values[order].copy(), ritz_vectors, info
 
 
 def top_eigenvalues(
@@ -515,16 +518,22 @@ class SpectralDensity:
     betas: list[list[float]]
     dim: int
     steps_asked: int = 0  # a run shorter than this broke down: its quadrature is exact
+    skip: list[int] = field(default_factory=list)
 
     def quadrature(self, steps: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """(nodes, weights) per probe, from the first ``steps`` Lanczos steps (all by default)."""
         out = []
-        for a, b in zip(self.alphas, self.betas):
+        skips = list(self.skip) + [0] * (len(self.alphas) - len(self.skip))
+        for a, b, skip in zip(self.alphas, self.betas, skips):
             m = len(a) if steps is None else max(1, min(steps, len(a)))
             run = LanczosResult(np.asarray(a[:m], dtype=np.float64), np.asarray(b[: m - 1], dtype=np.float64),
                                 None, False, 0.0)
             theta, s = run.ritz()
-            out.append((theta, s[0, :] ** 2))
+            w = s[0, :] ** 2
+            if skip:
+                keep = np.argsort(theta)[: max(theta.size - skip, 0)]
+                theta, w = theta[keep], w[keep] / max(float(w[keep].sum()), 1e-300)
+            out.append((theta, w))
         return out
 
     def expectation(self, f: Callable[[np.ndarray], np.ndarray], steps: int | None = None) -> tuple[float, float]:
@@ -540,12 +549,14 @@ class SpectralDensity:
         return max((len(a) for a in self.alphas), default=0)
 
     def to_dict(self) -> dict[str, object]:
-        return {"alphas": self.alphas, "betas": self.betas, "dim": self.dim, "steps_asked": self.steps_asked}
+        return {"alphas": self.alphas, "betas": self.betas, "dim": self.dim, "steps_asked": self.steps_asked,
+                "skip": self.skip}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> SpectralDensity:
         return cls(alphas=list(d["alphas"]), betas=list(d["betas"]), dim=int(d["dim"]),  # type: ignore[arg-type]
-                   steps_asked=int(d.get("steps_asked", 0)))  # type: ignore[call-overload]
+                   steps_asked=int(d.get("steps_asked", 0)),  # type: ignore[call-overload]
+                   skip=list(d.get("skip", [])))  # type: ignore[call-overload]
 
 
 def spectral_density(
@@ -671,7 +682,7 @@ class HessianSummary:
     power iteration, and the trace (exact top-k part plus the bulk's SLQ estimate)."""
 
     top_eigenvalues: list[float]
-    top_eigenvalue_power: float
+    top_eigenvalue_power: float | None  # None when skipped (power_iters=0)
     trace_mean: float
     trace_stderr: float
     trace_samples: int
@@ -730,9 +741,11 @@ def summarize_hessian(
     If ``subset_size`` is given and smaller than N, a seeded random subset of that many
     examples is used (CLAIMS.md asks for >= 4,096); ``n_examples`` records how many were
     really used. ``seed`` fixes the subset, the Lanczos, power and SLQ start vectors;
-    ``tol``/``maxiter`` bound the top-k Lanczos run and ``power_tol`` the power iteration.
-    The bulk density comes from ``density_probes`` SLQ runs of ``density_steps`` steps on the
-    complement of the top-k Ritz vectors (30 steps: on the smoke MLP's exact spectrum the
+    ``tol``/``maxiter`` bound the top-k Lanczos run and ``power_tol`` the power iteration
+    (``power_iters=0`` skips it: it only re-checks Lanczos's top eigenvalue).
+    The bulk density comes from ``density_probes`` SLQ probes of the complement of the top-k
+    Ritz vectors: the top-k run itself (its own Gaussian start vector, top-k nodes dropped) and
+    ``density_probes - 1`` runs of ``density_steps`` steps (30 steps: on the smoke MLP's exact spectrum the
     d* of Claim 3 is then within ~1% bias, 20 steps give ~6%); the trace is the exact top-k
     sum plus the bulk's SLQ estimate (Hutchinson on the deflated operator), with its
     standard error over probes.
@@ -746,15 +759,22 @@ def summarize_hessian(
         inputs, targets = inputs[idx], targets[idx.to(targets.device)]
     h = _Counted(RestrictedHessian(model, mask, inputs, targets, batch_size=batch_size))
     eig, vectors, info = top_eigenpairs(h, k, tol=tol, seed=seed, maxiter=maxiter)
-    density = spectral_density(h, density_probes, density_steps, seed=seed, deflate=vectors)
-    power = top_eigenvalue_power(h, iters=power_iters, tol=power_tol, seed=seed)
+    tri = info["tridiagonal"]
+    free = tri is not None and len(tri[0]) > eig.size  # the top-k run is one probe of the bulk too
+    density = spectral_density(h, density_probes - int(free), density_steps, seed=seed, deflate=vectors) \
+        if density_probes - int(free) > 0 else SpectralDensity([], [], h.dim - eig.size, density_steps)
+    if free and density.dim > 0:
+        assert tri is not None
+        density = SpectralDensity([tri[0], *density.alphas], [tri[1], *density.betas], density.dim, density_steps,
+                                  [int(eig.size)] + [0] * len(density.alphas))
+    power = top_eigenvalue_power(h, iters=power_iters, tol=power_tol, seed=seed) if power_iters else None
     bulk, bulk_se = density.expectation(lambda x: x)
     return HessianSummary(
         top_eigenvalues=[float(x) for x in eig],
-        top_eigenvalue_power=float(power),
+        top_eigenvalue_power=None if power is None else float(power),
         trace_mean=float(eig.sum()) + density.dim * bulk,
         trace_stderr=density.dim * bulk_se,
-        trace_samples=density_probes if density.dim else 0,
+        trace_samples=len(density.alphas),
         dim=h.dim,
         n_examples=int(targets.shape[0]),
         subset_seed=seed,

@@ -108,11 +108,11 @@ def bulk_resolution(density: SpectralDensity | Mapping[str, object] | None) -> f
         return 0.0
     dens = density if isinstance(density, SpectralDensity) else SpectralDensity.from_dict(density)
     inexact = [len(a) >= dens.steps_asked for a in dens.alphas]  # shorter runs broke down: exact
-    nodes = [x for (x, _), keep in zip(dens.quadrature(), inexact) if keep]
+    nodes = [x for (x, _), keep in zip(dens.quadrature(), inexact) if keep and x.size]
     if not nodes:
         return 0.0
     span = max(float(x.max()) for x in nodes) - min(float(x.min()) for x in nodes)
-    return span / max(dens.steps, 1)
+    return span / min(x.size for x in nodes)  # the coarsest probe sets it
 
 
 def d_star_with_bulk(
