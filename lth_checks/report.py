@@ -793,6 +793,7 @@ def _measured_claim3(doc: dict, o: dict, m: dict) -> list:
         ("λ_max", _g("top_eigenvalue")), ("Hessian trace", _g("trace")),
         ("p_max magnitude", _g("p_max_magnitude")), ("p_max random", _g("p_max_random")),
         ("p* magnitude", _g("p_star_magnitude")), ("p* random", _g("p_star_random")),
+        ("p* random (top k only)", _g("p_star_random_top_k_only")),
         ("p* magnitude (trace tail)", _g("p_star_magnitude_trace_tail")),
         ("p* random (trace tail)", _g("p_star_random_trace_tail")),
         ("Rayleigh magnitude", _g("rayleigh_magnitude")), ("Rayleigh random", _g("rayleigh_random")),
@@ -826,7 +827,32 @@ def _measured_claim3(doc: dict, o: dict, m: dict) -> list:
         out.append(Table(["seed", "level", "strategy", *[f"p = {p:g}" for p in ps]],
                          [[fmt(r.get("seed")), fmt(r.get("level")), s, *[cell(by_p.get(p)) for p in ps]]
                           for r, s, by_p in sweeps], css="wide"))
+    out += _theory_detail(rows)
     return out
+
+
+def _theory_detail(rows: list[dict]) -> list:
+    """Claim 3b's prediction per (seed, level): free dimensions d = (1 - p) * alive against d* ± its
+    standard error at every p, the p* range, and whether the spectral density resolves d*."""
+    theory = [(r, r["theory_random"]) for r in rows if isinstance(r.get("theory_random"), dict)]
+    if not theory:
+        return []
+    ps = sorted({_num(pt.get("p")) for _, t in theory for pt in t.get("points", []) if _num(pt.get("p")) is not None})
+
+    def cell(t: dict, p: float) -> str:
+        pt = next((x for x in t.get("points", []) if _num(x.get("p")) == p), None)
+        if pt is None:
+            return "–"
+        return f"{fmt(_num(pt.get('d')), 4)} / {fmt(_num(pt.get('d_star')), 4)} ± {fmt(_num(pt.get('d_star_se')), 2)}"
+
+    return [Para("Theory (random pruning): free dimensions d = (1 − p)·alive / predicted d* ± SE (top-k exact, "
+                 "bulk by stochastic Lanczos quadrature); p* is the largest p with d ≥ d*; its range moves d* by "
+                 "2 SE; 'resolved' says whether the density's quadrature resolves d* at every p."),
+            Table(["seed", "level", "alive", "p* [range]", "p_max", "resolved", *[f"p = {p:g}" for p in ps]],
+                  [[fmt(r.get("seed")), fmt(r.get("level")), fmt(t.get("alive")),
+                    f"{fmt(r.get('p_star_random'))} [{fmt(t.get('p_star_low'))}, {fmt(t.get('p_star_high'))}]",
+                    fmt(r.get("p_max_random")), "yes" if t.get("resolved") else "no", *[cell(t, p) for p in ps]]
+                   for r, t in theory], css="wide")]
 
 
 def _measured_claim3d(doc: dict, o: dict, m: dict) -> list:

@@ -41,6 +41,9 @@ ONESHOT_GRID = Threshold((0.2, 0.4, 0.6, 0.8, 0.9), "fraction", "(ours) CLAIMS.m
                          "one-shot prune fractions for the measured p_max")
 P_STAR_TOLERANCE = Threshold(0.2, "fraction", "(ours) one grid step of the p grid",
                              "Claim 3b: |predicted p* - measured p_max| allowed for random pruning")
+P_STAR_MIN_LEVELS = Threshold(3, "levels", "(ours) as claim 3a's rank correlation; rates: tests/test_claim3b_rates.py",
+                              "Claim 3b decides only with at least this many levels where every replicate agrees "
+                              "or every replicate disagrees")
 THEORY_EPS_LOSS = Threshold(0.1, "nats", "(ours) loss tolerance of the sublevel set in the quadratic model",
                             "eps of d*(eps, R) in Claim 3's prune-limit theory")
 SIGNIFICANCE = Threshold(0.05, "p-value", "(ours) conventional level (one-sided; 3a splits it over its two "

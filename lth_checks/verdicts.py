@@ -384,30 +384,85 @@ def claim3a(top_eigenvalues: Sequence[float], p_max_values: Sequence[float],
                    f"(p = {min(res['p_less'], res['p_greater']):.2f}, two-sided level {alpha:g})", effect)
 
 
-def claim3b(predicted: Sequence[float], measured: Sequence[float], grid: Sequence[float]) -> Verdict:
-    """Predicted p* and measured p_max (random pruning) agree within the tolerance at >= 90% of levels.
+@dataclass(frozen=True)
+class PStarCase:
+    """Claim 3b datum: one (replicate, level) of the late rewind, random pruning.
 
-    A prediction at the end of the grid carries no information (with a top-k spectrum d* < k, so
-    p* saturates whenever (1 - p) * alive >= k): such levels are left out, and a run where every
-    prediction saturates is INCONCLUSIVE whatever was measured.
+    `predicted` is the theory's p* on the grid; `predicted_low`/`predicted_high` the p* with the
+    bulk's d* moved by two standard errors (equal when the spectrum is exact); `resolved` False
+    when the bulk's quadrature cannot resolve d* at some grid point; `measured` is p_max.
     """
-    pred, meas = np.asarray(predicted, float), np.asarray(measured, float)
-    if pred.size == 0:
+
+    level: int
+    seed: int
+    predicted: float
+    measured: float
+    predicted_low: float | None = None
+    predicted_high: float | None = None
+    resolved: bool = True
+
+
+def _p_star_call(case: PStarCase, tol: float, top: float) -> str:
+    """One replicate: 'agree' when every p* in its range is within tol of p_max, 'disagree_above' /
+    'disagree_below' when none is (p_max above / below), 'censored' when prediction and measurement
+    both sit at the grid's end, else 'undetermined'."""
+    if not case.resolved:
+        return "undetermined"
+    lo = case.predicted if case.predicted_low is None else min(case.predicted_low, case.predicted)
+    hi = case.predicted if case.predicted_high is None else max(case.predicted_high, case.predicted)
+    if lo >= top - 1e-12 and case.measured >= top - 1e-12:
+        return "censored"
+    nearest = 0.0 if lo <= case.measured <= hi else min(abs(case.measured - lo), abs(case.measured - hi))
+    farthest = max(abs(case.measured - lo), abs(case.measured - hi))
+    if farthest <= tol + 1e-12:
+        return "agree"
+    if nearest > tol + 1e-12:
+        return "disagree_above" if case.measured > hi else "disagree_below"
+    return "undetermined"
+
+
+def claim3b(cases: Sequence[PStarCase], grid: Sequence[float]) -> Verdict:
+    """Predicted p* and measured p_max (random pruning) agree within the tolerance.
+
+    The unit of evidence is the level (replicates of one level are not independent evidence):
+    a level agrees when every replicate agrees, disagrees when every replicate disagrees on the
+    same side (each by more than the tolerance, the whole of p*'s uncertainty range included), and is otherwise
+    undetermined, as is a replicate whose d* the spectral density does not resolve. A level
+    where prediction and measurement both sit at the grid's end says only "both at least the
+    last grid point": it is reported, not counted. PASS: at least P_STAR_MIN_LEVELS determined
+    levels and at least AGREEMENT_RATE of them agree; FAIL: at least P_STAR_MIN_LEVELS
+    determined levels and fewer agree; else INCONCLUSIVE.
+    """
+    if not cases:
         return Verdict(INCONCLUSIVE, "no level measured")
-    tol = float(T.P_STAR_TOLERANCE.value)
-    informative = pred < max(grid)
-    diff_all = np.abs(pred - meas)
-    effect = {"mean_abs_difference_all": float(diff_all.mean()), "levels": int(pred.size),
-              "informative_levels": int(informative.sum()), "tolerance": tol}
-    if not informative.any():
-        return Verdict(INCONCLUSIVE, f"the predicted limit sits at the end of the grid ({max(grid):g}) at every level: "
-                       f"the top-k theory cannot predict below it (measured p_max mean {meas.mean():.2f})", effect)
-    diff = diff_all[informative]
-    share = float((diff <= tol + 1e-12).mean())
-    effect.update(mean_abs_difference=float(diff.mean()), agreeing_share=share)
+    tol, top = float(T.P_STAR_TOLERANCE.value), max(grid)
+    need = int(T.P_STAR_MIN_LEVELS.value)
+    levels = sorted({c.level for c in cases})
+    calls: dict[int, str] = {}
+    for level in levels:
+        per = {_p_star_call(c, tol, top) for c in cases if c.level == level}
+        call = per.pop() if len(per) == 1 else "undetermined"
+        calls[level] = "disagree" if call.startswith("disagree") else call
+    count = {k: sum(v == k for v in calls.values()) for k in ("agree", "disagree", "undetermined", "censored")}
+    determined = count["agree"] + count["disagree"]
+    diffs = [abs(c.predicted - c.measured) for c in cases]
+    at_end = sum(c.predicted >= top - 1e-12 for c in cases)
+    effect = {"levels": len(levels), "determined_levels": determined, "agreeing_levels": count["agree"],
+              "disagreeing_levels": count["disagree"], "undetermined_levels": count["undetermined"],
+              "censored_levels": count["censored"], "level_calls": {str(k): v for k, v in calls.items()},
+              "mean_abs_difference": float(np.mean(diffs)), "tolerance": tol,
+              "predictions_at_grid_end": at_end, "unresolved_predictions": sum(not c.resolved for c in cases)}
+    detail = (f"{count['agree']} agree, {count['disagree']} disagree by more than {tol:g}, "
+              f"{count['undetermined']} undetermined, {count['censored']} with p* and p_max both at the grid's end "
+              f"({top:g}) of {len(levels)} levels; predictions at the grid's end: {at_end}/{len(cases)}; "
+              f"mean |p* - p_max| {np.mean(diffs):.2f}")
+    if determined < need:
+        return Verdict(INCONCLUSIVE, f"only {determined} determined level(s), {need} needed: {detail}", effect)
+    share = count["agree"] / determined
+    effect["agreeing_share"] = share
     verdict = PASS if share >= T.AGREEMENT_RATE.value else FAIL
-    return Verdict(verdict, f"|p* - p_max| <= {tol:g} at {share:.0%} of {diff.size} informative levels "
-                   f"(mean {diff.mean():.2f})", effect)
+    return Verdict(verdict, f"|p* - p_max| <= {tol:g} at {share:.0%} of {determined} determined levels "
+                   f"(needed {T.AGREEMENT_RATE.value:.0%}): {detail}", effect)
 
 
 def claim3c(magnitude_rayleigh: Sequence[float], random_rayleigh: Sequence[float],

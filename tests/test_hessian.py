@@ -143,6 +143,11 @@ def test_top_eigenvalues_match_eigvalsh(case: Case) -> None:
     np.testing.assert_allclose(got, exact[:3], rtol=1e-4)
     np.testing.assert_allclose(top_eigenvalues(h, 3), exact[:3], rtol=1e-3)  # default tol
     np.testing.assert_array_equal(top_eigenvalues(h, 3, tol=1e-8, seed=5), top_eigenvalues(h, 3, tol=1e-8, seed=5))
+    # the torch Lanczos agrees with scipy's ARPACK (the implementation it replaced) on the same operator
+    from scipy.sparse.linalg import eigsh
+
+    arpack = np.sort(eigsh(h.as_linear_operator(), k=3, which="LA", tol=1e-10, return_eigenvectors=False))[::-1]
+    np.testing.assert_allclose(top_eigenvalues(h, 3, tol=1e-8, extra=0, maxiter=h.dim), arpack, rtol=1e-6)
 
 
 def test_power_iteration_matches_eigvalsh_and_lanczos(case: Case) -> None:
@@ -293,7 +298,7 @@ def test_float32_model_computes_in_float32() -> None:
 
 def test_summarize_hessian_is_json_safe(case: Case) -> None:
     s = summarize_hessian(
-        case.model, case.mask, case.x, case.y, k=2, trace_samples=50, seed=3, subset_size=12, batch_size=5
+        case.model, case.mask, case.x, case.y, k=2, density_probes=4, seed=3, subset_size=12, batch_size=5
     )
     assert isinstance(s, HessianSummary)
     d = s.to_dict()
@@ -301,8 +306,11 @@ def test_summarize_hessian_is_json_safe(case: Case) -> None:
     assert d["n_examples"] == 12 and d["subset_seed"] == 3 and d["batch_size"] == 5 and d["dim"] == case.sliced.shape[0]
     assert len(d["top_eigenvalues"]) == 2 and d["top_eigenvalues"][0] >= d["top_eigenvalues"][1]
     assert _rel(d["top_eigenvalue_power"], d["top_eigenvalues"][0]) < 1e-2
-    full = summarize_hessian(case.model, case.mask, case.x, case.y, k=2, trace_samples=50)
+    full = summarize_hessian(case.model, case.mask, case.x, case.y, k=2, density_probes=8)
     assert full.n_examples == N and _rel(full.top_eigenvalues[0], float(np.linalg.eigvalsh(case.sliced)[-1])) < 1e-3
+    # the trace: the exact top-k sum plus an unbiased SLQ (Hutchinson) estimate over the complement
+    assert abs(full.trace_mean - float(np.trace(case.sliced))) <= 4 * full.trace_stderr
+    assert full.density["dim"] == full.dim - 2 and full.hvps > 0
 
 
 def test_invalid_inputs_raise() -> None:

@@ -188,7 +188,7 @@ def test_sgd_noise_branch_differs_only_in_data_order(tiny_experiment):
 def test_measure_level_reports_every_instrument(tiny_experiment):
     exp = tiny_experiment
     exp.run(2)
-    s = suite.MeasureSettings(hessian_examples=256, hessian_k=5, trace_samples=5)
+    s = suite.MeasureSettings(hessian_examples=256, hessian_k=5, density_probes=2)
     row = suite.measure_level(exp, 0, s)
     for key in ("barrier_next", "barrier_perturb_c1", "top_eigenvalue", "p_star_magnitude", "p_star_random",
                 "relative_projection_length", "projected_test_error", "refill_below_threshold",

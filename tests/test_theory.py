@@ -127,7 +127,9 @@ def test_prune_limit_to_dict_is_json_safe_and_infeasible_gives_zero() -> None:
     assert not any(pt.feasible for pt in limit.points)
     d = limit.to_dict()
     assert json.loads(json.dumps(d)) == d
-    assert set(d["points"][0]) == {"p", "R", "d", "d_star", "feasible"}
+    assert set(d["points"][0]) == {"p", "R", "d", "d_star", "feasible", "d_star_top", "d_star_bulk", "d_star_se",
+                                   "resolved"}
+    assert d["p_star_low"] == d["p_star_high"] == 0.0 and not d["at_grid_end"] and d["bulk_dim"] == 0
     with pytest.raises(ConfigError):
         predicted_prune_limit([1.0], 1.0, 10, lambda p: 1.0, [])
     with pytest.raises(ConfigError):
@@ -234,3 +236,34 @@ def test_end_to_end_random_pruning_limit() -> None:
         for eps in (1e-3, 1e-1, 10.0)
     ]
     assert limits == sorted(limits) and all(x in [0.0, *grid] for x in limits)
+
+
+def test_p_star_with_a_bulk_density_equals_the_full_spectrum_one() -> None:
+    """A bulk of few distinct eigenvalues is integrated exactly by SLQ (Gauss quadrature with one node
+    per distinct value), so top-k + density gives the full spectrum's d* and p*; the top k alone do not."""
+    from lth_checks.measure.hessian import spectral_density
+
+    class Diag:
+        def __init__(self, lam: np.ndarray) -> None:
+            self.lam = torch.from_numpy(lam)
+
+        @property
+        def dim(self) -> int:
+            return self.lam.numel()
+
+        def matvec(self, v: torch.Tensor) -> torch.Tensor:
+            return self.lam * v.to(torch.float64)
+
+    top = np.array([50.0, 20.0, 10.0])
+    bulk = np.repeat([0.02, 0.005, -0.001], 400)
+    dens = spectral_density(Diag(bulk), probes=2, steps=10, seed=0)
+    alive, grid = top.size + bulk.size, [0.2, 0.4, 0.6, 0.8, 0.9]
+    dist = _dist(12.0, 0.5)
+    full = predicted_prune_limit(np.concatenate([top, bulk]), 0.1, alive, dist, grid)
+    mixed = predicted_prune_limit(top, 0.1, alive, dist, grid, density=dens)
+    for a, b in zip(full.points, mixed.points):
+        assert b.d_star == pytest.approx(a.d_star, rel=0.05)
+    assert mixed.p_star == full.p_star < 0.9 and mixed.resolved
+    assert predicted_prune_limit(top, 0.1, alive, dist, grid).p_star == 0.9  # top-k only saturates
+    with pytest.raises(ConfigError):
+        predicted_prune_limit(top, 0.1, alive + 1, dist, grid, density=dens)

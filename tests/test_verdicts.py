@@ -137,18 +137,6 @@ def test_claim3a_says_when_the_smallest_reachable_p_value_is_too_large():
     assert v.effect["smallest_reachable_p"] == pytest.approx(1 / 16)
 
 
-def test_claim3b_theory_agreement():
-    grid = T.ONESHOT_GRID.value
-    assert V.claim3b([0.6, 0.4, 0.4], [0.6, 0.4, 0.2], grid).verdict == PASS
-    assert V.claim3b([0.4, 0.4, 0.2], [0.9, 0.9, 0.8], grid).verdict == FAIL
-    assert V.claim3b([0.9, 0.9], [0.9, 0.9], grid).verdict == INCONCLUSIVE  # saturated grid
-    # a prediction stuck at the grid's end says nothing, whatever was measured
-    assert V.claim3b([0.9] * 4, [0.8, 0.7, 0.8, 0.9], grid).verdict == INCONCLUSIVE
-    assert V.claim3b([0.9, 0.9, 0.9], [0.2, 0.2, 0.0], grid).verdict == INCONCLUSIVE
-    # only the informative levels are judged
-    assert V.claim3b([0.9, 0.4, 0.4], [0.0, 0.4, 0.6], grid).verdict == PASS
-
-
 def test_claim3c_counts_levels_not_rows():
     levels = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     assert V.claim3c([0.5] * 10, [1.0] * 10, levels).verdict == PASS  # 5 levels: p = 1/32

@@ -33,7 +33,8 @@ class MeasureSettings:
     path: PathSettings = field(default_factory=PathSettings)
     hessian_examples: int = 4096  # fixed training subset for curvature (CLAIMS.md: >= 4,096)
     hessian_k: int = 100  # top eigenvalues by Lanczos (CLAIMS.md: k ~ 100 or more for the theory)
-    trace_samples: int = 30  # Hutchinson probes
+    density_probes: int = 3  # SLQ probes of the bulk (ours; the top-k run is one; they give the trace too)
+    density_steps: int = 30  # Lanczos steps per SLQ probe (ours; see hessian.summarize_hessian)
     theory_eps: float = 0.1  # loss tolerance (nats) of the sublevel set in the quadratic model (ours)
     p_grid: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 0.9)
     random_directions: int = 5  # random pruning directions averaged against the magnitude one (ours)
@@ -109,31 +110,49 @@ def _hessian_inputs(exp: Experiment, s: MeasureSettings):
     return exp.dataset.train.subset(s.hessian_examples, seed=s.seed)
 
 
+def hessian_mask(exp: Experiment, level: int) -> dict:
+    """The coordinates of the Hessian: alive weights of the layers pruning ranks (CLAIMS.md Claim 3:
+    "restricted to the alive coordinates"); excluded layers are left out, as from the theory's alive count."""
+    mask = exp.mask(level)
+    return {n: mask[n] for n in exp.ranked_names}
+
+
 def hessian(exp: Experiment, level: int, s: MeasureSettings = MeasureSettings()) -> dict:
-    """Top eigenvalues, power-iteration top-1 and Hutchinson trace of the training loss at w_L."""
+    """Top eigenvalues (Lanczos), bulk density (SLQ), power-iteration top-1 and trace of the training loss at w_L.
+
+    `n_examples` in the result is the number of training examples really used (the whole
+    split when it is smaller than `s.hessian_examples`).
+    """
     def compute() -> dict:
         sub = _hessian_inputs(exp, s)
-        summary = summarize_hessian(exp.solution_model(level), exp.mask(level), sub.inputs, sub.targets,
-                                    k=s.hessian_k, trace_samples=s.trace_samples, seed=s.seed)
+        summary = summarize_hessian(exp.solution_model(level), hessian_mask(exp, level), sub.inputs, sub.targets,
+                                    k=s.hessian_k, density_probes=s.density_probes, density_steps=s.density_steps,
+                                    seed=s.seed, power_iters=0)
         return summary.to_dict()
 
     return _cached(exp, "hessian", {"level": level, "examples": s.hessian_examples, "k": s.hessian_k,
-                                    "trace_samples": s.trace_samples, "seed": s.seed}, compute)
+                                    "density_probes": s.density_probes, "density_steps": s.density_steps,
+                                    "seed": s.seed, "coordinates": "ranked", "spectrum": "lanczos+slq/2"}, compute)
 
 
 def prune_limit(exp: Experiment, level: int, strategy: str, s: MeasureSettings = MeasureSettings(),
-                tail: str = "zero") -> dict:
+                tail: str = "density") -> dict:
     """Predicted p* of the quadratic model at w_L for `strategy` ('magnitude' or 'random').
 
-    tail="zero": eigenvalues beyond the top k are 0 (CLAIMS.md's practical form).
+    tail="density": top-k eigenvalues exact, the rest from the SLQ density (CLAIMS.md Claim 3).
+    tail="zero": eigenvalues beyond the top k are 0 (the top-k form; an upper bound on p*).
     tail="trace": the trace not explained by the top k is spread evenly over the remaining
     dimensions (ours; a less optimistic bulk).
     """
+    if tail not in ("density", "zero", "trace"):
+        raise ValueError(f"unknown spectrum tail {tail!r}")
     h = hessian(exp, level, s)
     model = exp.solution_model(level)
-    mask = {n: m for n, m in exp.mask(level).items() if n not in exp.excluded}
+    mask = hessian_mask(exp, level)
     weights = prunable_weights(model)
     alive = alive_count(mask)
+    if h["dim"] != alive:
+        raise AssertionError(f"Hessian over {h['dim']} coordinates, theory counts {alive} alive weights")
     eig = list(h["top_eigenvalues"])
     if tail == "trace":
         rest = max(h["trace_mean"] - sum(x for x in eig if x > 0), 0.0)
@@ -141,7 +160,8 @@ def prune_limit(exp: Experiment, level: int, strategy: str, s: MeasureSettings =
         eig = eig + [rest / remaining] * remaining
     seed = derive_seed(exp.config.seed, level, s.seed)
     limit = predicted_prune_limit(eig, s.theory_eps, alive,
-                                  lambda p: projection_distance(weights, mask, p, strategy, seed=seed), s.p_grid)
+                                  lambda p: projection_distance(weights, mask, p, strategy, seed=seed), s.p_grid,
+                                  density=h["density"] if tail == "density" else None)
     return {**limit.to_dict(), "strategy": strategy, "tail": tail}
 
 

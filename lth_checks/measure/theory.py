@@ -11,11 +11,21 @@ leaves d = (1 - p) * alive free dimensions, so the predicted limit is
 
     p* = max { p in grid : (1 - p) * alive >= d*(eps, R(p)) }.
 
-Assumption: only a top-k spectrum is known; eigenvalues beyond it are taken as zero (and
-non-positive ones contribute nothing). Every term is >= 0 and increasing in lambda_i, so
-the d* computed here is a LOWER bound on the full-spectrum value and the p* derived from
-it is an UPPER bound (optimistic). Note d* < k always, so p* >= 1 - k / alive on any grid
-that reaches it: with k much smaller than alive the prediction saturates near p = 1.
+Spectrum: the top-k eigenvalues are exact (Lanczos) and the rest comes from a spectral
+density of the bulk (stochastic Lanczos quadrature on the complement of the top-k Ritz
+vectors, ``lth_checks.measure.hessian.spectral_density``), so
+
+    d* = sum_{i <= k} f(lambda_i) + dim_bulk * E_density[f(lambda)],  f(l) = l R^2 / (l R^2 + 2 eps).
+
+Eigenvalues with lambda R^2 comparable to 2 eps contribute, and the bulk holds thousands of
+them: with the top k alone (the rest set to 0) d* < k, p* saturates at the grid's end (the
+smoke MLP's exact spectrum gives a d* 3-8x the top-100 one). Without a density the old
+top-k form is computed (a lower bound on d*, an upper bound on p*). Non-positive eigenvalues
+contribute nothing (the quadratic model's sublevel set is unbounded along them).
+
+The Hessian must be taken over the same coordinates the theory counts: the alive weights of
+the prunable, ranked layers (CLAIMS.md: "restricted to the alive coordinates"); layers
+excluded from pruning are neither in the Hessian nor in ``alive`` (suite.hessian does so).
 
 The weights P_p removes are chosen by the project's own pruning (``lth_checks.pruning.prune``,
 global magnitude or seeded random, round-half-up count, ties to the lower index), so the
@@ -35,6 +45,7 @@ import numpy.typing as npt
 import torch
 
 from lth_checks.errors import ConfigError
+from lth_checks.measure.hessian import SpectralDensity
 from lth_checks.pruning import prune, round_half_up
 
 Strategy = Literal["magnitude", "random"]
@@ -43,6 +54,8 @@ __all__ = [
     "PruneLimit",
     "PrunePoint",
     "d_star",
+    "bulk_resolution",
+    "d_star_with_bulk",
     "n_removed",
     "predicted_prune_limit",
     "projection_delta",
@@ -76,6 +89,49 @@ def d_star(eigenvalues: npt.ArrayLike, eps: float, R: float | npt.ArrayLike) -> 
     x = lam * (r.reshape(-1, 1) ** 2)  # (len(R), k)
     out = (x / (x + 2.0 * eps)).sum(axis=1).reshape(r.shape)
     return float(out) if out.ndim == 0 else out
+
+
+def _f(lam: np.ndarray, r: float, eps: float) -> np.ndarray:
+    x = np.clip(lam, 0.0, None) * r * r
+    return x / (x + 2.0 * eps)
+
+
+def bulk_resolution(density: SpectralDensity | Mapping[str, object] | None) -> float:
+    """The smallest lambda the bulk's quadrature resolves: its nodes' span divided by the steps.
+
+    Gauss quadrature with m nodes over a bulk of width W places them ~W/m apart, so a
+    transition of f at lambda* = 2 eps / R^2 below that is smeared across nodes: on exact
+    spectra, d* is then off by 10-40%, above it within a few percent (tests/test_spectrum.py).
+    0 without a density, or when every probe's run broke down (its quadrature is then exact).
+    """
+    if density is None:
+        return 0.0
+    dens = density if isinstance(density, SpectralDensity) else SpectralDensity.from_dict(density)
+    inexact = [len(a) >= dens.steps_asked for a in dens.alphas]  # shorter runs broke down: exact
+    nodes = [x for (x, _), keep in zip(dens.quadrature(), inexact) if keep and x.size]
+    if not nodes:
+        return 0.0
+    span = max(float(x.max()) for x in nodes) - min(float(x.min()) for x in nodes)
+    return span / min(x.size for x in nodes)  # the coarsest probe sets it
+
+
+def d_star_with_bulk(
+    eigenvalues: npt.ArrayLike, eps: float, R: float, density: SpectralDensity | Mapping[str, object] | None
+) -> tuple[float, float, float]:
+    """(top-k part, bulk part, standard error of the bulk part over the density's probes) of d*(eps, R).
+
+    The bulk part is dim * E[f] under the SLQ density (0 without one); the top-k part is exact.
+    Whether the quadrature resolves f at this R is ``bulk_resolution`` <= 2 eps / R^2.
+    """
+    top = d_star(eigenvalues, eps, R)
+    assert isinstance(top, float)
+    if density is None:
+        return top, 0.0, 0.0
+    dens = density if isinstance(density, SpectralDensity) else SpectralDensity.from_dict(density)
+    if not all(np.all(np.isfinite(a)) for a in dens.alphas):
+        raise ConfigError("Spectral density for d* must be finite.")
+    mean, se = dens.expectation(lambda lam: _f(lam, float(R), eps))
+    return top, dens.dim * mean, dens.dim * se
 
 
 def n_removed(p: float, alive: int) -> int:
@@ -156,24 +212,42 @@ def projection_distance(
 
 @dataclass(frozen=True)
 class PrunePoint:
-    """One grid point: distance R(p), free dimensions d = (1 - p) * alive, d*, and whether d >= d*."""
+    """One grid point: distance R(p), free dimensions d = (1 - p) * alive, d* (and its top-k and
+    bulk parts, with the bulk's standard error over probes), whether d >= d*, and whether the
+    bulk's quadrature resolves f's transition at 2 eps / R^2 (``resolved``)."""
 
     p: float
     R: float
     d: float
     d_star: float
     feasible: bool
+    d_star_top: float = 0.0
+    d_star_bulk: float = 0.0
+    d_star_se: float = 0.0
+    resolved: bool = True
 
 
 @dataclass(frozen=True)
 class PruneLimit:
-    """Predicted prune limit p* (0.0 if no grid point is feasible) with the per-point detail."""
+    """Predicted prune limit p* (0.0 if no grid point is feasible) with the per-point detail.
+
+    ``p_star_low`` / ``p_star_high``: p* with d* moved up / down by two standard errors of the
+    bulk estimate (equal to p* when the spectrum is exact). ``at_grid_end``: p* is the grid's
+    largest fraction, so the prediction says only "at least that". ``resolved``: every grid
+    point's d* is resolved by the bulk's quadrature (else p* is not a reliable prediction).
+    """
 
     p_star: float
     eps: float
     alive: int
     n_eigenvalues: int
     points: list[PrunePoint]
+    p_star_low: float = 0.0
+    p_star_high: float = 0.0
+    at_grid_end: bool = False
+    bulk_dim: int = 0
+    resolved: bool = True
+    resolution: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         """Plain JSON-safe dict."""
@@ -186,13 +260,15 @@ def predicted_prune_limit(
     alive: int,
     distance_fn: Callable[[float], float],
     p_grid: Iterable[float],
+    density: SpectralDensity | Mapping[str, object] | None = None,
 ) -> PruneLimit:
     """p* = max { p in grid : (1 - p) * alive >= d*(eps, R(p)) } with R = ``distance_fn``.
 
-    ``alive`` is the number of prunable alive weights (excluded layers not counted).
-    Eigenvalues beyond those given are taken as zero, so d* is a lower bound of the
-    full-spectrum value and p* an upper bound (see the module docstring). The grid is
-    sorted and de-duplicated; the result lists every point.
+    ``alive`` is the number of prunable alive weights (excluded layers not counted); with a
+    ``density`` (the bulk beyond the given top eigenvalues) the top eigenvalues plus the
+    density's dimension must equal it, since both describe the same coordinates. Without one,
+    eigenvalues beyond those given are taken as zero (d* a lower bound, p* an upper bound).
+    The grid is sorted and de-duplicated; the result lists every point.
     """
     eps = _check_eps(eps)
     if alive < 1:
@@ -203,13 +279,27 @@ def predicted_prune_limit(
     if grid[0] < 0 or grid[-1] > 1:
         raise ConfigError(f"Prune fractions must lie in [0, 1], got {grid}.")
     lam = np.asarray(eigenvalues, dtype=np.float64).reshape(-1)
-    radii = np.array([float(distance_fn(p)) for p in grid], dtype=np.float64)
-    ds = np.asarray(d_star(lam, eps, radii))
+    dens = None if density is None else (
+        density if isinstance(density, SpectralDensity) else SpectralDensity.from_dict(density))
+    if dens is not None and lam.size + dens.dim != alive:
+        raise ConfigError(f"The spectrum covers {lam.size} + {dens.dim} coordinates but alive is {alive}: the "
+                          "Hessian and the theory must use the same (prunable, alive) coordinates.")
+    resolution = bulk_resolution(dens)
     points = []
-    for p, r, dsv in zip(grid, radii, ds):
+    for p in grid:
+        r = float(distance_fn(p))
+        top, bulk, se = d_star_with_bulk(lam, eps, r, dens)
         d = (1.0 - p) * alive
-        points.append(PrunePoint(p=p, R=float(r), d=float(d), d_star=float(dsv), feasible=bool(d >= dsv)))
-    feasible = [pt.p for pt in points if pt.feasible]
+        points.append(PrunePoint(p=p, R=r, d=float(d), d_star=top + bulk, feasible=bool(d >= top + bulk),
+                                 d_star_top=top, d_star_bulk=bulk, d_star_se=se,
+                                 resolved=bool(2 * eps >= resolution * r * r)))
+
+    def limit(shift: float) -> float:
+        return max((pt.p for pt in points if pt.d >= pt.d_star + shift * pt.d_star_se), default=0.0)
+
+    p_star = limit(0.0)
     return PruneLimit(
-        p_star=max(feasible) if feasible else 0.0, eps=eps, alive=int(alive), n_eigenvalues=int(lam.size), points=points
+        p_star=p_star, eps=eps, alive=int(alive), n_eigenvalues=int(lam.size), points=points,
+        p_star_low=limit(2.0), p_star_high=limit(-2.0), at_grid_end=bool(p_star == grid[-1]),
+        bulk_dim=0 if dens is None else dens.dim, resolved=all(pt.resolved for pt in points), resolution=resolution,
     )
