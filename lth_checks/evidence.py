@@ -537,22 +537,34 @@ def target_level(densities: dict[int, float]) -> int:
     return min(densities, key=lambda level: (abs(math.log(densities[level] / target)), level))
 
 
+def claim3d_target(ctx: ClaimContext, model, prune_cfg) -> tuple[int, float, BranchSpec]:
+    """Claim 3d's IMP level (nearest the fixed target density), its density, and the one-shot spec that
+    prunes the dense solution to the same number of ranked weights, from counts alone: pruning removes
+    exact counts, so all three are known before anything is trained (the plan reads them too)."""
+    from .pruning import alive_after, excluded_names, pruning_pools
+
+    sizes = {n: p.numel() for n, p in model.named_parameters() if n in set(model.prunable_names())}
+    pools = pruning_pools(list(sizes), prune_cfg.strategy, excluded_names(model, prune_cfg))
+    ranked_total, total = sum(sizes[n] for pool in pools for n in pool), sum(sizes.values())
+    counts = [sum(c) for c in alive_after([sum(sizes[n] for n in pool) for pool in pools], prune_cfg.fraction,
+                                          ctx.last_level())]
+    densities = {level: (counts[level] + total - ranked_total) / total for level in range(1, ctx.last_level() + 1)}
+    target = target_level(densities)
+    # The fraction applies to the weights the strategy ranks, so excluded layers (a dense output
+    # layer) are left out of it: the one-shot mask then keeps exactly as many weights as IMP's.
+    spec = suite.oneshot_spec(0, 1.0 - counts[target] / ranked_total, "magnitude_global", ctx.settings)
+    return target, densities[target], spec
+
+
 def claim3d_evidence(ctx: ClaimContext, recipe: str, exps: list[Experiment]) -> dict:
     """The dense, the IMP level nearest the fixed target density and the one-shot prune of the dense
     solution to the same number of weights, per-example on the test set."""
     for e in exps:
         e.run()
-    densities = {level: exps[0].result(level).density for level in range(1, ctx.last_level() + 1)}
-    target = target_level(densities)
-    # The fraction applies to the weights the strategy ranks, so excluded layers (a dense output
-    # layer) are left out of it: the one-shot mask then keeps exactly as many weights as IMP's.
-    pool = exps[0].ranked_names
-    target_mask = exps[0].mask(target)
-    alive = sum(int(target_mask[n].sum()) for n in pool)
-    total = sum(target_mask[n].numel() for n in pool)
-    spec = suite.oneshot_spec(0, 1.0 - alive / total, "magnitude_global", ctx.settings)
+    target, density, spec = claim3d_target(ctx, exps[0].build_model(), exps[0].config.prune)
+    assert abs(density - exps[0].result(target).density) < 1e-9, "counted and measured densities differ"
     return {"claim": "3d", "replicates": ctx.n_replicates(), "required": ctx.required_replicates(recipe),
-            "target_level": target, "density": densities[target],
+            "target_level": target, "density": density,
             "target_density": float(T.ONESHOT_TARGET_DENSITY.value),
             "dense": _stack([suite.level_correct(e, 0)["test"] for e in exps]),
             "imp": _stack([suite.level_correct(e, target)["test"] for e in exps]),

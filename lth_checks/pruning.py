@@ -10,7 +10,7 @@ and runs are reproducible.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence, Set
 
 import torch
 
@@ -71,6 +71,25 @@ def _prune_pool(weights: list[torch.Tensor], masks: list[torch.Tensor], fraction
     return out
 
 
+def pruning_pools(names: Sequence[str], strategy: str, exclude: Set[str] = frozenset()) -> list[list[str]]:
+    """The groups of weights a strategy ranks together: all ranked weights (global) or each layer."""
+    ranked = [n for n in names if n not in exclude]
+    if strategy.endswith("_global"):
+        return [ranked]
+    if strategy.endswith("_layerwise"):
+        return [[n] for n in ranked]
+    raise ConfigError(f"unknown pruning strategy {strategy!r}")
+
+
+def alive_after(pool_sizes: Sequence[int], fraction: float, levels: int) -> list[list[int]]:
+    """Alive weights of each pool after 0..`levels` pruning steps: exactly what `prune` leaves
+    (round(fraction * alive) removed per pool and step), known before anything is trained."""
+    out = [list(pool_sizes)]
+    for _ in range(levels):
+        out.append([a - round_half_up(fraction * a) for a in out[-1]])
+    return out
+
+
 def prune(weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], fraction: float,
           strategy: str = "magnitude_global", exclude: set[str] | frozenset[str] = frozenset(),
           seed: int = 0) -> Mask:
@@ -83,15 +102,8 @@ def prune(weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor],
         raise ConfigError(f"prune fraction must be in [0, 1], got {fraction}")
     random = strategy.startswith("random")
     generator = torch.Generator().manual_seed(seed) if random else None
-    names = [n for n in mask if n not in exclude]
     new_mask = {n: m.clone() for n, m in mask.items()}
-    if strategy.endswith("_global"):
-        pools = [names]
-    elif strategy.endswith("_layerwise"):
-        pools = [[n] for n in names]
-    else:
-        raise ConfigError(f"unknown pruning strategy {strategy!r}")
-    for pool in pools:
+    for pool in pruning_pools(list(mask), strategy, exclude):
         if not pool:
             continue
         pruned = _prune_pool([weights[n] for n in pool], [mask[n] for n in pool], fraction, random, generator)
