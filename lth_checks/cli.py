@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from . import __version__
 from .bench import add_parser as add_bench_parser
 from .config import IMPConfig, canonical_json, override, to_dict
+from .devicecheck import add_parser as add_device_check_parser
 from .errors import ConfigError, LthError
 from .imp import DEFAULT_CHECKPOINT_EVERY, Experiment, LevelResult, configure_cpu_threads
 from .recipes import RECIPES, get_recipe, recipe_config
@@ -166,6 +167,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0 if code in (0, 1) else code  # 1 = a claim FAILs, which the rebuilt report states
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print what `pytest claims/` would run with these options: counts, costs, cache state, device time."""
+    from . import plan as P
+    from .evidence import ClaimContext
+
+    ctx = ClaimContext(scale=args.scale, recipes=tuple(args.recipe), rewinds=tuple(args.rewind),
+                       replicates=args.replicates, levels=args.levels, overrides=tuple(args.set), device="cpu",
+                       cache_dir=args.cache_dir)
+    plan = P.claims_plan(ctx)
+    if args.claim:
+        plan = P.select(plan, set(args.claim))
+    tp = P.throughput_for(args.device_type, args.bench)
+    print(P.format_totals(plan, tp, P._epoch_iterations(ctx)))
+    if args.list:
+        print(P.format_jobs(plan, tp))
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).write_text(json.dumps(P.plan_json(plan, tp), indent=1) + "\n")
+        _log(f"plan written to {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lth-checks",
@@ -203,7 +227,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, ... for evaluations of cached states")
     p.add_argument("--cache-dir", help="experiment cache (default $LTH_CHECKS_CACHE_DIR or ./.lth-cache)")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("plan", help="what `pytest claims/` would train and measure, its cost and device time")
+    from .evidence import SCALES
+
+    p.add_argument("--scale", choices=SCALES, default="smoke", help="as for pytest claims/")
+    p.add_argument("--recipe", action="append", default=[], help="recipes (default: the scale's)")
+    p.add_argument("--rewind", action="append", type=int, default=[], help="rewind iterations (default: the recipe's)")
+    p.add_argument("--replicates", type=int, help="seeds per configuration (default: the scale's)")
+    p.add_argument("--levels", type=int, help="last IMP level (default: the scale's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for pytest claims/")
+    p.add_argument("--claim", action="append", default=[], choices=("1", "2", "3", "3d", "4"),
+                   help="only what these claims need (default: all)")
+    p.add_argument("--cache-dir", help="experiment cache to check (default $LTH_CHECKS_CACHE_DIR or ./.lth-cache)")
+    p.add_argument("--bench", metavar="JSON", help="throughput from this `lth-checks bench` JSON (default: the "
+                   "newest full one in reports/bench/ for --device-type, else the stated H100 assumption)")
+    p.add_argument("--device-type", default="cuda", choices=("cuda", "cpu"), help="device the estimate is for")
+    p.add_argument("--list", action="store_true", help="also list every job with its key, cost and state")
+    p.add_argument("--json", metavar="PATH", help="write the whole plan as JSON")
+    p.set_defaults(func=cmd_plan)
     add_bench_parser(sub)
+    add_device_check_parser(sub)
     return parser
 
 

@@ -20,7 +20,7 @@ from .config import override
 from .errors import DivergenceError
 from .imp import Experiment, run_together
 from .measure import suite
-from .measure.branches import train_together
+from .measure.branches import BranchSpec, train_together
 from .measure.connectivity import PathResult, PathSettings
 from .recipes import get_recipe, recipe_config
 from .store import Store
@@ -37,11 +37,15 @@ class ScalePlan:
     levels: int  # last IMP level
     branch_levels: tuple[int, ...]  # levels that get perturbation / one-shot branches and Hessians
     path_points: int
+    hessian_k: int | None = None  # per-scale measurement settings; None: MeasureSettings' default
+    trace_samples: int | None = None
 
 
 PLANS = {
     "smoke": ScalePlan(("smoke",), replicates=2, levels=15, branch_levels=(0, 4, 8, 12), path_points=11),
-    "small": ScalePlan(("small",), replicates=2, levels=10, branch_levels=(0, 3, 6, 9), path_points=11),
+    # sized to one 8-minute H100 command by `lth-checks plan` (issue 10; README "The small scale")
+    "small": ScalePlan(("small",), replicates=2, levels=8, branch_levels=(1, 3, 5, 7), path_points=11,
+                       hessian_k=10, trace_samples=10),
     "paper": ScalePlan(("cifar10_resnet20",), replicates=3, levels=16,
                        branch_levels=(0, 2, 4, 6, 8, 10, 12, 14), path_points=30),
 }
@@ -95,7 +99,8 @@ class ClaimContext:
 
     @property
     def settings(self) -> suite.MeasureSettings:
-        return suite.MeasureSettings(path=PathSettings(points=self.plan.path_points))
+        extra = {k: v for k in ("hessian_k", "trace_samples") if (v := getattr(self.plan, k)) is not None}
+        return suite.MeasureSettings(path=PathSettings(points=self.plan.path_points), **extra)
 
     def experiment(self, recipe: str, rewind: int, seed: int) -> Experiment:
         """One handle per lineage and session, so its loaded dataset and lock are reused."""
@@ -203,17 +208,22 @@ def claim1(ctx: ClaimContext, recipe: str) -> dict:
 
 # ----------------------------------------------------------------------------------------- Claim 2
 
+def claim2_branch_specs(ctx: ClaimContext, exp: Experiment) -> list[BranchSpec]:
+    """The SGD-noise twins and perturbations claim 2 trains from one lineage (also read by `plan`)."""
+    s = ctx.settings
+    return [spec for level in ctx.branch_levels() for spec in
+            [suite.sgd_noise_spec(exp, level, s)]
+            + [suite.perturb_spec(level, c, s) for c in T.PERTURBATION_SIZES.value]]
+
+
 def claim2_series(ctx: ClaimContext, recipe: str, rewind: int) -> list[dict]:
     """Barrier vs perturbation size c (and the SGD-noise and real-pair controls) at the branch levels."""
     exps = ctx.lineages(recipe, rewind)
     for e in exps:
         e.run()
     dense, eps, _ = _dense(exps)
-    s = ctx.settings
     for e in exps:  # several branches at once where the cache lacks them (replica training)
-        train_together(e, [spec for level in ctx.branch_levels() for spec in
-                           [suite.sgd_noise_spec(e, level, s)] + [suite.perturb_spec(level, c, s)
-                                                                 for c in T.PERTURBATION_SIZES.value]])
+        train_together(e, claim2_branch_specs(ctx, e))
     rows = []
     for level in ctx.branch_levels():
         level_err = V.mean_ci([_pp(e.result(level).test_error) for e in exps])
@@ -270,6 +280,13 @@ def claim2(ctx: ClaimContext, recipe: str) -> dict:
 STRATEGIES = {"magnitude": "magnitude_global", "random": "random_global"}
 
 
+def claim3_branch_specs(ctx: ClaimContext, exp: Experiment) -> list[BranchSpec]:
+    """The one-shot prunes claims 3a-c train from one lineage (also read by `plan`)."""
+    s = ctx.settings
+    return [suite.oneshot_spec(level, p, strategy, s) for level in ctx.branch_levels()
+            for strategy in STRATEGIES.values() for p in T.ONESHOT_GRID.value]
+
+
 def claim3_levels(ctx: ClaimContext, recipe: str, tau_pp: float) -> list[dict]:
     """Per branch level and replicate of the late rewind: curvature, measured p_max, predicted p*."""
     exps = ctx.lineages(recipe, ctx.late_rewind(recipe))
@@ -278,8 +295,7 @@ def claim3_levels(ctx: ClaimContext, recipe: str, tau_pp: float) -> list[dict]:
     dense, eps, _ = _dense(exps)
     s = ctx.settings
     for e in exps:
-        train_together(e, [suite.oneshot_spec(level, p, strategy, s) for level in ctx.branch_levels()
-                           for strategy in STRATEGIES.values() for p in T.ONESHOT_GRID.value])
+        train_together(e, claim3_branch_specs(ctx, e))
     rows = []
     for e in exps:
         for level in ctx.branch_levels():

@@ -81,6 +81,9 @@ def pytest_configure(config: pytest.Config) -> None:
         cache_only=opt.cache_only, log=lambda msg: print(f"[lth] {msg}", file=sys.stderr, flush=True))
     _session_outcomes.clear()
     config.stash[_started_key] = time.perf_counter()
+    if not hasattr(config, "workerinput") and os.isatty(2):
+        # the real terminal, kept before any test captures fd 2, for the progress bar's thread
+        config.stash[_tty_key] = os.fdopen(os.dup(2), "w")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -104,6 +107,45 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if recipe in PAPER_RECIPES or ctx.scale == "paper":
             item.add_marker(pytest.mark.paper)
             item.add_marker(pytest.mark.slow)
+
+
+_tty_key = pytest.StashKey[object]()
+_progress_key = pytest.StashKey[object]()
+
+
+def _start_plan(config: pytest.Config, nodeids: list[str]) -> None:
+    """Print the plan's totals for the selected claims and start one progress bar over the run."""
+    if hasattr(config, "workerinput") or _progress_key in config.stash:
+        return
+    from . import plan as P
+
+    config.stash[_progress_key] = None
+    ctx: ClaimContext = config.stash[_context_key]
+    claims = set().union(*(P.claims_of_test(n) for n in nodeids))
+    if not claims:
+        return
+    try:
+        plan = P.select(P.claims_plan(ctx), claims)
+        tp = P.throughput_for(resolve_device(ctx.device).type, folder=os.path.join(config.option.report_dir, "bench"))
+    except LthError as e:
+        print(f"[lth] no plan: {e}", file=sys.stderr)
+        return
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        for line in P.format_totals(plan, tp, P._epoch_iterations(ctx)).splitlines():
+            tr.write_line(line)
+    tty = config.stash.get(_tty_key, None)
+    if tty is not None and not ctx.cache_only and P.progress_weights(plan, tp):
+        config.stash[_progress_key] = P.Progress(plan, tp, tty)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _start_plan(session.config, [item.nodeid for item in session.items])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
+    _start_plan(node.config, list(ids))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -172,6 +214,9 @@ _session_outcomes: list[dict] = []
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
+    progress = config.stash.get(_progress_key, None)
+    if progress is not None:
+        progress.close()
     if hasattr(config, "workerinput") or not _session_outcomes:
         return
     from .report import run_metadata, write_report

@@ -25,10 +25,10 @@ class Recipe:
     default_rewinds: tuple[int, ...]  # rewind iterations the claims compare (early vs late)
 
 
-def _cifar_resnet20_train(epochs: int, milestone_epochs: tuple[int, ...]) -> TrainConfig:
+def _cifar_resnet20_train(epochs: int, milestone_epochs: tuple[float, ...]) -> TrainConfig:
     ipe = iterations_per_epoch(CIFAR_TRAIN, 128)
     return TrainConfig(lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=128, iterations=epochs * ipe,
-                       milestones=tuple(e * ipe for e in milestone_epochs))
+                       milestones=tuple(round(e * ipe) for e in milestone_epochs))
 
 
 _CIFAR_DATA = DataConfig(dataset="cifar10", augment=True, eval_train_examples=10_000)
@@ -49,9 +49,12 @@ def _build() -> dict[str, Recipe]:
             needs_files=False, default_rewinds=(0, 20)),
         Recipe(
             "small", "(ours)",
-            "CIFAR-10 ResNet-20 with a 16-epoch schedule (OpenLTH hyperparameters otherwise); GPU",
-            IMPConfig(data=_CIFAR_DATA, model=ModelConfig(name="cifar_resnet", depth=20, width=16),
-                      train=_cifar_resnet20_train(16, (8, 12)),
+            "CIFAR-10 ResNet-20 with a 6-epoch schedule (2,340 iterations, lr x0.1 at epochs 3 and 4.5; OpenLTH "
+            "hyperparameters otherwise), train error and BN statistics on a fixed 2,048-image training subset; GPU",
+            # sized by `lth-checks plan --scale small` to fit one 8-minute GPU command (issue 10; README)
+            IMPConfig(data=replace(_CIFAR_DATA, eval_train_examples=2048),
+                      model=ModelConfig(name="cifar_resnet", depth=20, width=16),
+                      train=_cifar_resnet20_train(6, (3, 4.5)),
                       prune=PruneConfig(fraction=0.2), rewind_iteration=500, levels=8, recipe="small"),
             needs_files=True, default_rewinds=(0, 500)),
         Recipe(

@@ -1,0 +1,597 @@
+"""The claims run as data: every training, path and Hessian it will request, with keys, dependencies and costs.
+
+`claims_plan(ctx)` walks the same loops as the claim functions of `evidence` (the scale's plan in
+`evidence.PLANS`, the branch specs of `evidence.claim2_branch_specs` / `claim3_branch_specs`, the
+spec helpers of `measure.suite`), and asks the library itself for every cache key: lineages through
+`ClaimContext.experiment`, branches through `measure.branches.Branch`, and measurements by calling
+the very `measure.suite` function the claims call with a store that stops at the measurement's
+entry (`_KeyProbe`). So the keys are the real ones and follow any change to the spec helpers.
+
+`totals(plan, throughput)` (per job: `job_seconds`) turns the costs (SGD iterations of one model, images evaluated,
+Hessian-vector products) into device seconds, with replicas trained together as the code groups
+them (`imp.run_together` per recipe, rewind and level; `branches.train_together` per lineage in
+groups of 16). Throughput comes from a `lth-checks bench` JSON (`reports/bench/*.json`) when one
+exists for the device, otherwise from a stated assumption (`ASSUMED_H100`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import thresholds as T
+from .errors import ConfigError, LthError
+from .evidence import ClaimContext, claim2_branch_specs, claim3_branch_specs
+from .imp import Experiment
+from .measure import suite
+from .measure.branches import Branch, BranchSpec
+from .store import Entry, Store
+
+# Split sizes (train, test) of each dataset; `data.train_examples`, where a config has it, narrows train.
+SPLIT_SIZES = {"digits": (1437, 360), "mnist": (60_000, 10_000), "cifar10": (50_000, 10_000),
+               "cifar100": (50_000, 10_000), "imagenet": (1_281_167, 50_000)}
+BN_MODELS = {"cifar_resnet", "vgg16_bn", "resnet18", "resnet50"}  # paths re-estimate BN only where it exists
+BRANCH_GROUP = 16  # branches.train_together's default group size
+POWER_ITERATIONS = 100  # summarize_hessian's power-iteration bound (counted in full: an upper bound)
+TRAINING_KINDS = ("pretrain", "level", "sgd_noise", "perturb", "oneshot")
+
+
+@dataclass
+class Job:
+    """One unit of work of the claims run: a training, a path evaluation, a Hessian, ..."""
+
+    id: str  # "<store kind>/<key>[/<part>]": the cache entry (and the part of it) the job produces
+    what: str  # pretrain | level | sgd_noise | perturb | oneshot | path | hessian | curvature | weights | chain
+    label: str
+    claims: list[str]
+    deps: list[str]
+    iterations: int = 0  # SGD iterations of one model
+    images: int = 0  # images through the network in evaluation (BN re-estimation included)
+    hvps: int = 0  # Hessian-vector products
+    hvp_images: int = 0  # images per Hessian-vector product
+    group: str | None = None  # trainings with the same group train together as replicas
+    shared_with: str | None = None  # a job whose result this one reuses: no cost of its own
+    cached: bool = False
+    note: str = ""
+    done: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        del d["done"]
+        return d
+
+
+@dataclass
+class Plan:
+    scale: str
+    description: str
+    jobs: dict[str, Job] = field(default_factory=dict)
+    models: set[tuple] = field(default_factory=set)  # (name, depth, width) of the lineages' models
+
+    def add(self, job: Job) -> Job:
+        """Add a job, or record one more claim on the job already there (claims share experiments)."""
+        have = self.jobs.get(job.id)
+        if have is None:
+            self.jobs[job.id] = job
+            return job
+        for c in job.claims:
+            if c not in have.claims:
+                have.claims.append(c)
+        return have
+
+    def refresh(self) -> None:
+        """Re-read which jobs the cache holds."""
+        for job in self.jobs.values():
+            job.cached = bool(job.done and job.done())
+
+    def count(self, what: str | Iterable[str], *, cached: bool | None = None, shared: bool | None = None) -> int:
+        kinds = {what} if isinstance(what, str) else set(what)
+        return sum(1 for j in self.jobs.values() if j.what in kinds
+                   and (cached is None or j.cached == cached) and (shared is None or bool(j.shared_with) == shared))
+
+
+# ----------------------------------------------------------------------------------------- keys
+
+class _Found(Exception):
+    def __init__(self, entry: Entry):
+        self.entry = entry
+
+
+class _KeyProbe(Store):
+    """A store that hands out entries as usual but stops at the first measurement entry, so a
+    `measure.suite` function called with it reveals the key it caches under, computing nothing."""
+
+    def entry(self, kind: str, key_dict) -> Entry:
+        found = super().entry(kind, key_dict)
+        if kind == "measure":
+            raise _Found(found)
+        return found
+
+
+def measure_entry(exp: Experiment, fn: Callable, *args) -> Entry:
+    """The cache entry `fn(exp, *args)` (a `measure.suite` function) reads and writes."""
+    probe = Experiment(exp.config, store=_KeyProbe(exp.store.root), device="cpu", allow_training=False)
+    try:
+        fn(probe, *args)
+    except _Found as found:
+        return found.entry
+    raise LthError(f"{fn.__name__} did not ask the store for a measurement entry")  # pragma: no cover
+
+
+# ----------------------------------------------------------------------------------------- costs
+
+def lanczos_matvecs(k: int, extra: int | None = None) -> int:
+    """Estimated Hessian-vector products of `hessian.top_eigenvalues` (ARPACK `eigsh`, no `maxiter`).
+
+    ARPACK builds a Krylov basis of ncv = max(2 nev + 1, 20) vectors (nev = k + extra) and restarts
+    with ncv - nev new products until converged; we count the basis and two restarts (the issue
+    measured 222-625 products at k = 100, whose midpoint this is). An estimate, not a bound.
+    """
+    nev = k + (max(2, k // 10) if extra is None else extra)
+    ncv = max(2 * nev + 1, 20)
+    return ncv + 2 * (ncv - nev)
+
+
+def _sizes(exp: Experiment) -> tuple[int, int, int]:
+    """(train examples, test examples, evaluation training subset) of a lineage."""
+    data = exp.config.data
+    train, test = SPLIT_SIZES[data.dataset]
+    train = getattr(data, "train_examples", None) or train
+    return train, test, min(data.eval_train_examples, train)
+
+
+def _evaluation_images(exp: Experiment) -> int:
+    """`Experiment.evaluate_model`: the test split and the fixed training subset."""
+    _, test, sub = _sizes(exp)
+    return test + sub
+
+
+def _path_images(exp: Experiment, s: suite.MeasureSettings) -> int:
+    _, test, sub = _sizes(exp)
+    bn = min(s.path.bn_examples, sub) if exp.config.model.name in BN_MODELS and s.path.bn_mode == "reestimate" else 0
+    return s.path.points * (bn + test + sub)
+
+
+def _hessian_images(exp: Experiment, s: suite.MeasureSettings) -> int:
+    return min(s.hessian_examples, _sizes(exp)[0])
+
+
+# ----------------------------------------------------------------------------------------- the plan
+
+def _lineage_name(exp: Experiment) -> str:
+    return f"{exp.config.recipe} k={exp.config.rewind_iteration} seed {exp.config.seed}"
+
+
+def _level_id(exp: Experiment, level: int) -> str:
+    return f"imp/{exp.key}/level{level:02d}"
+
+
+def _rewind_id(exp: Experiment) -> str:
+    return f"imp/{exp.key}/rewind"
+
+
+class _Builder:
+    def __init__(self, ctx: ClaimContext):
+        self.ctx, self.s = ctx, ctx.settings
+        self.plan = Plan(ctx.scale, "")
+
+    # trainings
+    def lineage(self, exp: Experiment, claim: str) -> None:
+        cfg, last = exp.config, self.ctx.last_level()
+        self.plan.models.add((cfg.model.name, cfg.model.depth, cfg.model.width))
+        deps: list[str] = []
+        recipe, k = cfg.recipe, cfg.rewind_iteration
+        if k > 0:
+            self.plan.add(Job(_rewind_id(exp), "pretrain", f"{_lineage_name(exp)}: pretrain to k", [claim], [],
+                              iterations=k, group=f"pretrain {recipe} k={k}",
+                              done=lambda e=exp: e.entry.has_tensors("rewind")))
+            deps = [_rewind_id(exp)]
+        for level in range(last + 1):
+            self.plan.add(Job(_level_id(exp, level), "level", f"{_lineage_name(exp)}: level {level}", [claim],
+                              deps + ([_level_id(exp, level - 1)] if level else []),
+                              iterations=cfg.train.iterations - k, images=_evaluation_images(exp),
+                              group=f"level {recipe} k={k} L={level}", done=lambda e=exp, lv=level: e.is_done(lv)))
+
+    def branch(self, exp: Experiment, spec: BranchSpec, claim: str, group: str | None) -> Job:
+        b = Branch(exp, spec)
+        cfg = exp.config
+        deps = [_level_id(exp, spec.level)] + ([_rewind_id(exp)] if cfg.rewind_iteration else [])
+        job = Job(f"branch/{b.entry.key}", spec.kind, f"{_lineage_name(exp)}: {spec.label}", [claim], deps,
+                  iterations=cfg.train.iterations - cfg.rewind_iteration, images=_evaluation_images(exp),
+                  group=group, done=b.is_done)
+        shared = _imp_level_reused(exp, spec, self.ctx.last_level())
+        if shared is not None:  # issue 10: the p = 0.2 magnitude one-shot is IMP level L+1
+            job.shared_with, job.iterations, job.images, job.group = _level_id(exp, shared), 0, 0, None
+            job.deps, job.done = [_level_id(exp, shared)], (lambda e=exp, lv=shared: e.is_done(lv))
+        return self.plan.add(job)
+
+    def branches(self, exp: Experiment, specs: list[BranchSpec], claim: str, name: str) -> list[Job]:
+        """Specs trained through `train_together(exp, specs)`: groups of 16 in order, shared ones left out."""
+        jobs = [self.branch(exp, spec, claim, None) for spec in specs]
+        todo = [j for j in jobs if not j.shared_with and j.group is None]
+        for i, j in enumerate(todo):
+            j.group = f"{name} {_lineage_name(exp)} #{i // BRANCH_GROUP}"
+        return jobs
+
+    # measurements
+    def measure(self, exp: Experiment, what: str, fn: Callable, args: tuple, claim: str, deps: list[str],
+                label: str, **cost) -> Job:
+        entry = measure_entry(exp, fn, *args)
+        return self.plan.add(Job(f"measure/{entry.key}", what, f"{_lineage_name(exp)}: {label}",
+                                 [claim], deps, done=lambda en=entry: en.has_json("result.json"), **cost))
+
+    def successive(self, exp: Experiment, level: int, claim: str) -> None:
+        self.measure(exp, "path", suite.successive_barrier, (level, self.s), claim,
+                     [_level_id(exp, level), _level_id(exp, level + 1)], f"path level {level} -> {level + 1}",
+                     images=_path_images(exp, self.s))
+
+    def branch_path(self, exp: Experiment, spec: BranchSpec, claim: str) -> None:
+        b = Branch(exp, spec)
+        self.measure(exp, "path", suite.branch_barrier, (spec, self.s), claim,
+                     [_level_id(exp, spec.level), f"branch/{b.entry.key}"], f"path to {spec.label}",
+                     images=_path_images(exp, self.s))
+
+    def hessian(self, exp: Experiment, level: int, claim: str) -> None:
+        s = self.s
+        self.measure(exp, "hessian", suite.hessian, (level, s), claim, [_level_id(exp, level)],
+                     f"Hessian level {level}",
+                     hvps=lanczos_matvecs(s.hessian_k) + POWER_ITERATIONS + s.trace_samples,
+                     hvp_images=_hessian_images(exp, self.s))
+
+    def curvature(self, exp: Experiment, level: int, claim: str) -> None:
+        s = self.s
+        self.measure(exp, "curvature", suite.pruning_direction_curvature, (level, s), claim,
+                     [_level_id(exp, level)], f"pruning-direction curvature level {level}",
+                     hvps=2 + s.random_directions, hvp_images=_hessian_images(exp, s))
+
+
+def _imp_level_reused(exp: Experiment, spec: BranchSpec, last: int) -> int | None:
+    """The IMP level a one-shot branch is identical to: pruning p = prune.fraction of w_L by the
+    lineage's own magnitude strategy and retraining from w_k in the lineage's data order is how
+    IMP makes level L+1 (issue 10: counted as shared, not trained again)."""
+    prune = exp.config.prune
+    if (spec.kind == "oneshot" and spec.fraction == prune.fraction and spec.strategy == prune.strategy
+            and prune.strategy.startswith("magnitude") and spec.data_seed is None and spec.level + 1 <= last):
+        return spec.level + 1
+    return None
+
+
+def claims_plan(ctx: ClaimContext) -> Plan:
+    """Every experiment `pytest claims/` asks for under `ctx`, in the order the claims ask for them."""
+    b = _Builder(ctx)
+    plan = b.plan
+    last, levels = ctx.last_level(), ctx.branch_levels()
+    rewinds = {r: ctx.rewinds_for(r) for r in ctx.recipe_names()}
+    plan.description = (f"--scale {ctx.scale}: {', '.join(ctx.recipe_names())}; rewinds "
+                        f"{'; '.join(f'{r} {list(k)}' for r, k in rewinds.items())}; {ctx.n_replicates()} replicates; "
+                        f"levels 0-{last}; branch levels {list(levels)}; path grid {ctx.settings.path.points} points"
+                        + (f"; --set {' '.join(ctx.overrides)}" if ctx.overrides else ""))
+    for recipe in ctx.recipe_names():
+        late = ctx.late_rewind(recipe)
+        # claim 1 (and the protocol test): every lineage, successive paths at every level
+        for rewind in ctx.rewinds_for(recipe):
+            for seed in range(ctx.n_replicates()):
+                exp = ctx.experiment(recipe, rewind, seed)
+                b.lineage(exp, "1")
+                for level in range(last):
+                    b.successive(exp, level, "1")
+        # claim 2: SGD-noise twins and perturbations at the branch levels of every rewind
+        for rewind in ctx.rewinds_for(recipe):
+            for seed in range(ctx.n_replicates()):
+                exp = ctx.experiment(recipe, rewind, seed)
+                specs = claim2_branch_specs(ctx, exp)
+                b.branches(exp, specs, "2", "claim 2 branches")
+                for spec in specs:
+                    b.branch_path(exp, spec, "2")
+                for level in levels:
+                    b.successive(exp, level, "2")
+        # claim 3 a-c: one-shot prunes, Hessians and direction curvature at the late rewind
+        for seed in range(ctx.n_replicates()):
+            exp = ctx.experiment(recipe, late, seed)
+            specs = claim3_branch_specs(ctx, exp)
+            b.branches(exp, specs, "3", "claim 3 one-shots")
+            for spec in specs:
+                b.branch_path(exp, spec, "3")
+            for level in levels:
+                b.hessian(exp, level, "3")
+                b.curvature(exp, level, "3")
+        # claim 3d: a one-shot of the dense solution to the sparsest matching IMP level's density;
+        # which level that is depends on the results, so its key is known only once they are
+        for seed in range(ctx.n_replicates()):
+            exp = ctx.experiment(recipe, late, seed)
+            deps = [_level_id(exp, level) for level in range(last + 1)]
+            late_note = "key decided at run time (depends on which levels match)"
+            plan.add(Job(f"branch/claim3d-{exp.key}", "oneshot", f"{_lineage_name(exp)}: claim-3d one-shot of level 0",
+                         ["3d"], deps, iterations=exp.config.train.iterations - exp.config.rewind_iteration,
+                         images=_evaluation_images(exp), note=late_note))
+            plan.add(Job(f"measure/claim3d-{exp.key}", "path", f"{_lineage_name(exp)}: claim-3d one-shot path", ["3d"],
+                         [_level_id(exp, 0), f"branch/claim3d-{exp.key}"], images=_path_images(exp, b.s),
+                         note=late_note))
+        # claim 4: weight statistics of levels 0..last-2 and the no-retraining chain from level 1
+        steps, start = int(T.CHAIN_STEPS.value), 1
+        if last >= start + steps + 1:
+            for seed in range(ctx.n_replicates()):
+                exp = ctx.experiment(recipe, late, seed)
+                for level in range(last - 1):
+                    b.measure(exp, "weights", suite.weight_statistics, (level,), "4",
+                              [_level_id(exp, level), _level_id(exp, level + 1)], f"weight statistics level {level}",
+                              images=_evaluation_images(exp))
+                b.measure(exp, "chain", suite.no_retraining, (start, steps), "4", [_level_id(exp, start)],
+                          f"no-retraining chain from level {start}",
+                          images=steps * _evaluation_images(exp))
+    plan.refresh()
+    return plan
+
+
+# ----------------------------------------------------------------------------------------- time
+
+@dataclass(frozen=True)
+class Throughput:
+    """Device speed in the units of the plan's costs."""
+
+    source: str  # a bench JSON path, or "assumption: ..."
+    s_per_iteration: float  # one model, one SGD step at the recipe's batch size
+    replica_time: tuple[tuple[int, float], ...]  # (R, time of one step of R replicas / one of a single model)
+    s_per_eval_image: float
+    s_per_hvp_image: float
+    startup_s: float  # process start, CUDA context, data loading, report
+    per_job_s: float  # model building, cache writes and reads per job
+
+    def replica_factor(self, r: int) -> float:
+        """Time of R replicas together in units of one: linear between measured points, then extrapolated."""
+        pts = sorted(self.replica_time)
+        if r <= 1:
+            return 1.0
+        for (r0, t0), (r1, t1) in zip(pts, pts[1:]):
+            if r0 <= r <= r1:
+                return t0 + (t1 - t0) * (r - r0) / (r1 - r0)
+        (r0, t0), (r1, t1) = pts[-2], pts[-1]
+        return t1 + (t1 - t0) / (r1 - r0) * (r - r1)
+
+
+# The issue's own figures for an H100 (issue 10 "Targets"): a ResNet-20 CIFAR-10 epoch (390 steps of
+# batch 128) in 0.5 s, 8 replicas for 3x the time of one. The rest is ours: a forward pass in evaluation
+# costs a third of a training step per image (forward ~ 1/3 of forward + backward), a Hessian-vector
+# product twice a training step per image (forward-over-reverse: a forward and a backward with duals),
+# 30 s for start-up, data loading and the report, 0.05 s per job for model building and cache I/O.
+ASSUMED_H100 = Throughput(
+    source="assumption (issue 10 targets, no GPU benchmark yet): 0.5 s per ResNet-20 CIFAR-10 epoch on one H100, "
+           "8 replicas at 3x the time of one; evaluation 1/3 and a Hessian-vector product 2x a training step per "
+           "image; 30 s start-up, data loading and report; 0.05 s per job",
+    s_per_iteration=0.5 / 390, replica_time=((1, 1.0), (8, 3.0)), s_per_eval_image=0.5 / 390 / 128 / 3,
+    s_per_hvp_image=2 * 0.5 / 390 / 128, startup_s=30.0, per_job_s=0.05)
+
+
+def throughput_from_bench(path: str | Path) -> Throughput:
+    """Throughput measured by `lth-checks bench` (its default replica execution, fp32 training)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        f = doc["figures"]
+        train = f["train"]
+        step = min(v["s_per_step"] for k, v in train.items() if k.startswith("ours_fp32"))
+        reps = [(int(x["R"]), x["s_per_step"] / step) for x in f["replicas"] if x.get("default")]
+        grid, s = f["barrier_grid"], doc["settings"]
+        best_grid = min(v["s"] for k, v in grid.items() if isinstance(v, dict) and "s" in v)
+        eval_images = s["path_points"] * (2 * s["path_examples"] + s["path_bn_examples"])
+        hvp = max((v.get("hvps_per_s") or 0) for v in f["hvp"].values() if isinstance(v, dict))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is not a `lth-checks bench` JSON ({type(e).__name__}: {e}); "
+                          "write one with `lth-checks bench --out reports/bench/<device>.json`") from None
+    if not hvp:
+        raise ConfigError(f"{path} has no Hessian-vector product timing")
+    return Throughput(source=f"{path} ({doc['device']['name']}, torch {doc.get('torch_version')}"
+                             + (", quick settings" if doc.get("quick") else "") + ")",
+                      s_per_iteration=step, replica_time=tuple(sorted({(1, 1.0), *reps})),
+                      s_per_eval_image=best_grid / eval_images, s_per_hvp_image=1 / hvp / f["hvp"]["examples"],
+                      startup_s=ASSUMED_H100.startup_s, per_job_s=ASSUMED_H100.per_job_s)
+
+
+def find_bench(folder: str | Path = "reports/bench", device_type: str = "cuda") -> Path | None:
+    """The newest full (not --quick) bench JSON of a device type, if any."""
+    best = None
+    for p in sorted(Path(folder).glob("*.json")):
+        try:
+            doc = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if doc.get("device", {}).get("type") == device_type and not doc.get("quick"):
+            if best is None or p.stat().st_mtime > best.stat().st_mtime:
+                best = p
+    return best
+
+
+def throughput_for(device_type: str = "cuda", bench: str | Path | None = None,
+                   folder: str | Path = "reports/bench") -> Throughput:
+    """An explicit bench JSON, else the newest full one for the device type, else `ASSUMED_H100`."""
+    if bench:
+        return throughput_from_bench(bench)
+    found = find_bench(folder, device_type)
+    return throughput_from_bench(found) if found else ASSUMED_H100
+
+
+def job_seconds(plan: Plan, tp: Throughput, *, only_todo: bool = True) -> dict[str, float]:
+    """Estimated device seconds per job; a replica group's time is split over its members."""
+    jobs = [j for j in plan.jobs.values() if not (only_todo and j.cached)]
+    groups: dict[str, list[Job]] = {}
+    for j in jobs:
+        if j.what in TRAINING_KINDS and j.group and not j.shared_with:
+            groups.setdefault(j.group, []).append(j)
+    out = {}
+    for j in jobs:
+        if j.shared_with:
+            out[j.id] = 0.0
+            continue
+        t = tp.per_job_s + j.images * tp.s_per_eval_image + j.hvps * j.hvp_images * tp.s_per_hvp_image
+        members = groups.get(j.group or "", [j])
+        if j.iterations:
+            # a group of 2+ trains together; a lone training runs on its own (the code does the same)
+            r = len(members) if len(members) >= 2 else 1
+            t += max(m.iterations for m in members) * tp.s_per_iteration * tp.replica_factor(r) / r
+        out[j.id] = t
+    return out
+
+
+@dataclass
+class Totals:
+    rows: list[dict]
+    seconds_todo: float
+    seconds_cold: float
+    startup_s: float
+
+
+ROWS = (("IMP pretraining to k", ("pretrain",), False), ("IMP levels", ("level",), False),
+        ("SGD-noise twins", ("sgd_noise",), False), ("perturbations", ("perturb",), False),
+        ("one-shot prunes", ("oneshot",), False), ("one-shot = IMP level L+1 (shared)", ("oneshot",), True),
+        ("path evaluations", ("path",), None), ("Hessians", ("hessian",), None),
+        ("direction curvatures", ("curvature",), None), ("weight statistics", ("weights",), None),
+        ("no-retraining chains", ("chain",), None))
+
+
+def totals(plan: Plan, tp: Throughput) -> Totals:
+    cold = job_seconds(plan, tp, only_todo=False)
+    todo = job_seconds(plan, tp)
+    rows = []
+    for name, kinds, shared in ROWS:
+        js = [j for j in plan.jobs.values() if j.what in kinds and (shared is None or bool(j.shared_with) == shared)]
+        if not js:
+            continue
+        rows.append({"what": name, "count": len(js), "cached": sum(j.cached for j in js),
+                     "iterations": sum(j.iterations for j in js),
+                     "images": sum(j.images for j in js), "hvps": sum(j.hvps for j in js),
+                     "seconds_cold": sum(cold[j.id] for j in js), "seconds_todo": sum(todo.get(j.id, 0.0) for j in js)})
+    return Totals(rows, sum(todo.values()), sum(cold.values()), tp.startup_s)
+
+
+def _epoch_iterations(ctx: ClaimContext) -> int | None:
+    from .recipes import CIFAR_TRAIN, get_recipe, iterations_per_epoch
+
+    cfg = get_recipe(ctx.recipe_names()[0]).config
+    return iterations_per_epoch(CIFAR_TRAIN, cfg.train.batch_size) if cfg.data.dataset.startswith("cifar") else None
+
+
+def format_totals(plan: Plan, tp: Throughput, ipe: int | None = None) -> str:
+    """The table `lth-checks plan` and the pytest run print."""
+    t = totals(plan, tp)
+    lines = [f"plan for {plan.description}",
+             f"{'':<36}{'count':>7}{'cached':>8}{'iterations':>12}{'epochs' if ipe else '':>8}{'eval images':>14}"
+             f"{'HVPs':>8}{'est. s':>9}"]
+    for r in t.rows:
+        ep = f"{r['iterations'] / ipe:>8.0f}" if ipe else f"{'':>8}"
+        lines.append(f"{r['what']:<36}{r['count']:>7}{r['cached']:>8}{r['iterations']:>12,}{ep}{r['images']:>14,}"
+                     f"{r['hvps']:>8,}{r['seconds_cold']:>9.0f}")
+    n = len(plan.jobs)
+    it = sum(r["iterations"] for r in t.rows)
+    lines.append(f"{'total':<36}{n:>7}{sum(r['cached'] for r in t.rows):>8}{it:>12,}"
+                 + (f"{it / ipe:>8.0f}" if ipe else f"{'':>8}")
+                 + f"{sum(r['images'] for r in t.rows):>14,}{sum(r['hvps'] for r in t.rows):>8,}{t.seconds_cold:>9.0f}")
+    lines.append(f"estimated device time from a cold cache: {_minutes(t.seconds_cold + t.startup_s)} "
+                 f"({t.seconds_cold:.0f} s of work + {t.startup_s:.0f} s start-up, data loading and report); "
+                 f"still to do with this cache: {_minutes(t.seconds_todo + t.startup_s)}")
+    lines.append(f"throughput: {tp.source}")
+    if plan.models - {("cifar_resnet", 20, 16)}:
+        lines.append("(the throughput is that of ResNet-20 on CIFAR-10; this plan trains other models too, so its "
+                     "time is indicative only)")
+    return "\n".join(lines)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def format_jobs(plan: Plan, tp: Throughput) -> str:
+    secs = job_seconds(plan, tp, only_todo=False)
+    lines = []
+    for j in plan.jobs.values():
+        state = "cached" if j.cached else ("shared" if j.shared_with else "to do")
+        cost = ", ".join(x for x in (f"{j.iterations} it" if j.iterations else "",
+                                     f"{j.images:,} images" if j.images else "",
+                                     f"{j.hvps} HVPs x {j.hvp_images}" if j.hvps else "") if x)
+        extra = f" = {j.shared_with}" if j.shared_with else (f" [{j.group}]" if j.group else "")
+        lines.append(f"{state:<6} {j.id}  {j.label}  claims {','.join(j.claims)}  {cost or '-'}  "
+                     f"~{secs[j.id]:.1f} s{extra}  deps {len(j.deps)}" + (f"  ({j.note})" if j.note else ""))
+    return "\n".join(lines)
+
+
+def plan_json(plan: Plan, tp: Throughput) -> dict:
+    t = totals(plan, tp)
+    return {"scale": plan.scale, "description": plan.description, "throughput": asdict(tp),
+            "totals": t.rows, "seconds_cold": t.seconds_cold, "seconds_todo": t.seconds_todo,
+            "startup_s": t.startup_s, "estimate_cold_s": t.seconds_cold + t.startup_s,
+            "jobs": [j.to_dict() for j in plan.jobs.values()]}
+
+
+def progress_weights(plan: Plan, tp: Throughput) -> dict[str, float]:
+    """Estimated seconds of each job still to do (the pytest progress bar advances by these)."""
+    return {k: v for k, v in job_seconds(plan, tp).items() if v > 0 and not math.isnan(v)}
+
+
+# ----------------------------------------------------------------------------------------- selection and progress
+
+def claims_of_test(nodeid: str) -> set[str]:
+    """The claims a collected claims test asks for (claim 3's part d has its own experiments)."""
+    for n in ("1", "2", "4"):
+        if f"test_claim{n}_" in nodeid:
+            return {n}
+    if "test_claim3_" in nodeid:
+        return {"3d"} if "oneshot-fails" in nodeid else {"3"}
+    return set()
+
+
+def select(plan: Plan, claims: set[str]) -> Plan:
+    """The jobs the given claims ask for, with everything they depend on."""
+    keep = {j.id for j in plan.jobs.values() if set(j.claims) & claims}
+    stack = list(keep)
+    while stack:
+        for d in plan.jobs[stack.pop()].deps:
+            if d in plan.jobs and d not in keep:
+                keep.add(d)
+                stack.append(d)
+    return Plan(plan.scale, plan.description, {k: j for k, j in plan.jobs.items() if k in keep}, plan.models)
+
+
+class Progress:
+    """One progress bar over a whole claims run: polls the cache for finished jobs and advances by
+    their estimated seconds, so the ETA (from tqdm's observed rate) covers trainings, paths and
+    Hessians alike, also when xdist workers do the work."""
+
+    def __init__(self, plan: Plan, tp: Throughput, file, interval: float = 2.0):
+        import threading
+
+        from tqdm import tqdm
+
+        self.plan, self.weights = plan, progress_weights(plan, tp)
+        self.bar = tqdm(total=round(sum(self.weights.values()), 1), desc="lth-checks run", unit="est-s",
+                        file=file, leave=True,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} est. s "
+                                   "[{elapsed}<{remaining}]")
+        self.interval, self._stop = interval, threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lth-checks progress", daemon=True)
+        self._thread.start()
+
+    def _update(self) -> None:
+        done = 0.0
+        for job_id, w in self.weights.items():
+            job = self.plan.jobs[job_id]
+            if job.done and job.done():
+                done += w
+        self.bar.n = round(done, 1)
+        self.bar.refresh()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._update()
+            except Exception:  # noqa: BLE001 - a progress bar must never break the run it reports on
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self._update()
+        except Exception:  # noqa: BLE001
+            pass
+        self.bar.close()
