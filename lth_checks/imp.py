@@ -20,7 +20,7 @@ import torch
 
 from .config import IMPConfig
 from .data import Dataset, Split, load_dataset
-from .errors import CacheError, ConfigError
+from .errors import CacheError, ConfigError, DivergenceError
 from .models import PrunableModel, build_model
 from .pruning import Mask, alive_count, apply_mask, dense_mask, excluded_names, prune_model, total_count
 from .speed import eager, maybe_compile, prepare_model
@@ -125,6 +125,17 @@ class Experiment:
         self.progress = progress
         self.log = log or (lambda msg: None)
         self.entry: Entry = self.store.entry(self.kind, config.key_dict())
+        # Segments (e.g. "level03_train", "branch <key>") that diverged while trained as replicas in
+        # this process: asking for them again raises the same error instead of training them again.
+        self.diverged: dict[str, DivergenceError] = {}
+
+    def record_divergence(self, segment: str, error: DivergenceError) -> None:
+        self.diverged[segment] = error
+        self.log(str(error))
+
+    def raise_if_diverged(self, segment: str) -> None:
+        if segment in self.diverged:
+            raise DivergenceError(str(self.diverged[segment]))
 
     @property
     def key(self) -> str:
@@ -177,6 +188,7 @@ class Experiment:
         if self.config.rewind_iteration == 0:
             return self.initial_state()
         if not self.entry.has_tensors("rewind"):
+            self.raise_if_diverged("pretrain")
             with self.entry.lock():
                 if not self.entry.has_tensors("rewind"):
                     self._pretrain()
@@ -283,6 +295,7 @@ class Experiment:
                 self.entry.ensure()
                 for level in range(last + 1):
                     if not self.is_done(level):
+                        self.raise_if_diverged(self._name(level, "train"))
                         res = self._train_level(level)
                         self.log(f"level {level}: density {res.density:.4f}  test error {100 * res.test_error:.2f}%")
         return [self.result(level) for level in range(last + 1)]
@@ -294,11 +307,12 @@ def run_together(experiments: Sequence[Experiment], levels: int | None = None) -
     Replicates of one recipe and rewind share the architecture and the iteration range, so their
     pretraining and each level train together through `replicas.train_replicas` (vmap on a GPU,
     where one small model leaves it idle; on the CPU a loop bitwise equal to one-by-one training).
-    Levels are committed to each lineage's own cache entry exactly as `Experiment.run` would;
-    lineages another process holds are left to it. Returns the number of trainings done here.
+    Levels are committed to each lineage's own cache entry exactly as `Experiment.run` would, and
+    checkpoint in-level under the names single training uses (either resumes the other's);
+    lineages another process holds are left to it. A lineage that diverges is recorded as
+    diverged (`Experiment.run` raises its DivergenceError) and leaves the group; the others are
+    committed. Returns the number of trainings done and committed here.
     """
-    from .replicas import train_replicas
-
     groups: dict[str, list[Experiment]] = {}
     for e in experiments:
         shared = {k: v for k, v in e.config.key_dict().items() if k != "seed"}
@@ -310,13 +324,11 @@ def run_together(experiments: Sequence[Experiment], levels: int | None = None) -
         cfg = group[0].config
         last = cfg.levels if levels is None else levels
         if cfg.rewind_iteration > 0:
-            trained += _together(train_replicas, group, lambda e: not e.entry.has_tensors("rewind"),
+            trained += _together(group, "pretrain", lambda e: not e.entry.has_tensors("rewind"),
                                  0, cfg.rewind_iteration, "pretraining",
-                                 lambda e: (dense_mask(e.build_model()), e.initial_state()),
-                                 lambda e, model, mask, seconds, k=cfg.rewind_iteration: e.entry.write_tensors(
-                                     "rewind", model.state_dict(), {"iteration": str(k)}))
+                                 lambda e: (dense_mask(e.build_model()), e.initial_state()), _commit_rewind)
         for level in range(last + 1):
-            trained += _together(train_replicas, group, lambda e, level=level: not e.is_done(level),
+            trained += _together(group, Experiment._name(level, "train"), lambda e, level=level: not e.is_done(level),
                                  cfg.rewind_iteration, cfg.train.iterations, f"level {level}",
                                  lambda e, level=level: (e.mask(level), e.rewind_state()),
                                  lambda e, model, mask, seconds, level=level: e._commit_level(level, model, mask,
@@ -324,14 +336,22 @@ def run_together(experiments: Sequence[Experiment], levels: int | None = None) -
     return trained
 
 
-def _together(train_replicas: Callable, group: list[Experiment], needed: Callable[[Experiment], bool],
+def _commit_rewind(e: Experiment, model: PrunableModel, mask: Mask, seconds: float) -> None:
+    e.entry.write_tensors("rewind", model.state_dict(), {"iteration": str(e.config.rewind_iteration)})
+    e.entry.delete("pretrain_checkpoint")
+
+
+def _together(group: list[Experiment], segment: str, needed: Callable[[Experiment], bool],
               start: int, end: int, label: str, begin: Callable[[Experiment], tuple[Mask, dict]],
               commit: Callable) -> int:
     """One segment of `run_together`: lock, train the lineages that still need it, commit each."""
-    if sum(map(needed, group)) < 2:
+    def wanted(e: Experiment) -> bool:
+        return not e.diverged and needed(e)  # a diverged lineage has no later segments to train
+
+    if sum(map(wanted, group)) < 2:
         return 0  # a single lineage trains on demand, with in-level checkpoints
     with holding_free(group, lambda e: e.entry) as held:
-        batch = [e for e in held if needed(e)]  # re-checked under the lock: it may have just been finished
+        batch = [e for e in held if wanted(e)]  # re-checked under the lock: it may have just been finished
         if len(batch) < 2:
             return 0
         for e in batch:
@@ -341,16 +361,70 @@ def _together(train_replicas: Callable, group: list[Experiment], needed: Callabl
         starts = [begin(e) for e in batch]
         models = [e.model_with(state, mask) for e, (mask, state) in zip(batch, starts)]
         cfg = batch[0].config
-        finals = train_replicas(batch[0].build_model(), [m.state_dict() for m in models],
-                                [mask for mask, _ in starts], batch[0].dataset.train, cfg.train, start=start,
-                                end=end, data_seeds=[e.config.seed for e in batch], augment=cfg.data.augment,
-                                label=f"{cfg.recipe} {label} x{len(batch)}")
+        finals = train_group_in_entries(
+            [e.entry for e in batch], f"{segment}_checkpoint", batch[0].build_model(),
+            [m.state_dict() for m in models], [mask for mask, _ in starts], batch[0].dataset.train, cfg,
+            start=start, end=end, data_seeds=[e.config.seed for e in batch],
+            checkpoint_every=batch[0].checkpoint_every, label=f"{cfg.recipe} {label} x{len(batch)}",
+            names=[f"{cfg.recipe} {label} of seed {e.config.seed}" for e in batch], log=batch[0].log)
         seconds = (time.perf_counter() - started) / len(batch)
+        committed = 0
         for e, model, final, (mask, _) in zip(batch, models, finals, starts):
+            if isinstance(final, DivergenceError):
+                e.record_divergence(segment, final)
+                continue
             model.load_state_dict(final)
             commit(e, model, mask, seconds)
+            committed += 1
             e.log(f"{label} of seed {e.config.seed} trained with {len(batch) - 1} other replicate(s)")
-        return len(batch)
+        return committed
+
+
+def train_group_in_entries(entries: Sequence[Entry], checkpoint_name: str, template: PrunableModel,
+                           states: Sequence[dict[str, torch.Tensor]], masks: Sequence[Mask], split: Split,
+                           config: IMPConfig, *, start: int, end: int, data_seeds: Sequence[int],
+                           checkpoint_every: int, label: str, names: Sequence[str],
+                           log: Callable[[str], None] = lambda msg: None) -> list[dict | DivergenceError]:
+    """`train_in_entry` for a group trained as replicas: member i's final state, or its DivergenceError.
+
+    Member i checkpoints to `entries[i]` under `checkpoint_name`, the name its single training
+    uses, so either way of training resumes the other's checkpoint; members that resume from the
+    same iteration train together. A diverging member (`names[i]` in its message) does not stop
+    the others. The caller deletes the checkpoints after committing, never before.
+    """
+    from .replicas import train_replicas
+
+    device = next(template.parameters()).device
+    resumes = [tensors_to_checkpoint(*e.read_tensors(checkpoint_name, device)) if e.has_tensors(checkpoint_name)
+               else None for e in entries]
+    out: list[dict | DivergenceError | None] = [None] * len(entries)
+    cohorts: dict[int, list[int]] = {}
+    for i, ckpt in enumerate(resumes):
+        cohorts.setdefault(start if ckpt is None else ckpt.iteration, []).append(i)
+    for at, members in sorted(cohorts.items()):
+        if at != start:
+            log(f"{label}: {len(members)} replica(s) resuming from checkpoints at iteration {at}")
+
+        def on_checkpoint(ckpts: list[Checkpoint | None], members: list[int] = members) -> None:
+            for i, ckpt in zip(members, ckpts):
+                if ckpt is not None:
+                    entries[i].write_tensors(checkpoint_name, state_to_tensors(ckpt),
+                                             {"iteration": str(ckpt.iteration)})
+
+        def on_diverged(r: int, error, members: list[int] = members) -> None:
+            out[members[r]] = DivergenceError(f"{names[members[r]]} diverged (trained as a replica): {error.cause}; "
+                                              "lower train.lr or use precision fp32, then run again")
+
+        finals = train_replicas(template, [states[i] for i in members], [masks[i] for i in members], split,
+                                config.train, start=start, end=end, data_seeds=[data_seeds[i] for i in members],
+                                augment=config.data.augment, label=label,
+                                resume=None if at == start else [resumes[i] for i in members],
+                                checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint,
+                                on_diverged=on_diverged)
+        for i, final in zip(members, finals):
+            if final is not None:
+                out[i] = final
+    return out  # every member is either a state or an error by now
 
 
 def train_in_entry(entry: Entry, checkpoint_name: str, model: PrunableModel, mask: Mask, split: Split,

@@ -21,7 +21,7 @@ from .config import override
 from .errors import LthError
 from .evidence import PLANS, SCALES, ClaimContext
 from .imp import configure_cpu_threads, resolve_device
-from .recipes import RECIPES, get_recipe
+from .recipes import RECIPES, get_recipe, recipe_config
 
 OUTCOME_PROPERTY = "lth_outcome"
 INCONCLUSIVE_PREFIX = "INCONCLUSIVE: "
@@ -69,7 +69,10 @@ def pytest_configure(config: pytest.Config) -> None:
     opt = config.option
     try:  # bad names and settings stop the run with one line, before anything is collected
         for name in opt.recipe or PLANS[opt.scale].recipes:
-            override(get_recipe(name).config, opt.lth_set)
+            # each requested rewind, built as the claims build it (rewind first, then --set): the
+            # recipe's default rewind may not fit a shortened --set train.iterations
+            for rewind in opt.rewind or get_recipe(name).default_rewinds:
+                override(recipe_config(name, rewind_iteration=rewind), opt.lth_set)
         resolve_device(opt.device)
     except LthError as e:
         raise pytest.UsageError(str(e)) from None

@@ -11,7 +11,13 @@ buffers stacked along a leading dimension. Two ways of running the forward and b
 * ``"loop"``: the replicas run one after another on views of the stacked tensors, with the
   very kernels a single training uses: bitwise identical to one-at-a-time training. Only data
   gathering, the optimizer step, masking and the divergence check are batched.
-* ``"auto"`` (default): vmap on CUDA, loop elsewhere.
+* ``"auto"`` (default): vmap on CUDA, loop elsewhere; loop too where vmap would not honour the
+  precision (below).
+
+bf16 under vmap: torch's CPU autocast skips convolutions under vmap (they run in fp32 while the
+cache key says bf16). :func:`vmap_autocast_works` probes the device once; where it fails, "auto"
+picks the loop (which runs the single-training kernels under autocast, really in bf16) and an
+explicit "vmap" with bf16 is refused with one line.
 
 Semantics are those of :func:`lth_checks.training.train`, replica by replica:
 
@@ -31,9 +37,14 @@ Semantics are those of :func:`lth_checks.training.train`, replica by replica:
   in-place running-average update lands in the right replica (``replace_all_batch_norm_modules_``
   is *not* used: it stops tracking statistics);
 * a non-finite loss is recorded per replica on the device (no host synchronisation inside the
-  step loop) and read back every ``DIVERGENCE_CHECK_EVERY`` steps and at the end, raising
-  ``ReplicaDivergenceError`` (a ``DivergenceError``) naming the replica and its first bad
-  iteration.
+  step loop) and read back every ``DIVERGENCE_CHECK_EVERY`` steps, at checkpoints and at the end
+  (with the weights' finiteness), raising ``ReplicaDivergenceError`` (a ``DivergenceError``)
+  naming the replica and its first bad iteration -- or, with ``on_diverged``, reporting each
+  diverged replica once while the others train on (replicas do not interact, so a NaN in one
+  leaves the others bitwise unchanged);
+* in-level checkpoints (``checkpoint_every``, ``on_checkpoint``, ``resume``) are one
+  ``training.Checkpoint`` per replica, the very checkpoint its single training would write, so a
+  replica resumes from a single training's checkpoint and vice versa.
 
 Evaluation: :func:`evaluate_replicas` gives :func:`training.evaluate`'s error and loss for every
 replica in one pass over the data; :func:`measure.connectivity.evaluate_path_batched` builds on
@@ -43,6 +54,7 @@ these pieces to evaluate a whole grid of interpolation points as replicas.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -53,7 +65,7 @@ from torch.nn import functional as F
 from .config import TrainConfig
 from .data import Split, with_standard_strides
 from .errors import ConfigError, DivergenceError
-from .training import DIVERGENCE_CHECK_EVERY, BatchStream, EvalResult, autocast, random_crop_flip
+from .training import DIVERGENCE_CHECK_EVERY, BatchStream, Checkpoint, EvalResult, autocast, random_crop_flip
 
 State = dict[str, torch.Tensor]
 ModelOrFactory = nn.Module | Callable[[], nn.Module]
@@ -68,26 +80,57 @@ __all__ = [
     "stack_states",
     "train_replicas",
     "unstack_state",
+    "vmap_autocast_works",
 ]
 
 
 class ReplicaDivergenceError(DivergenceError):
-    """A replica produced a non-finite loss; ``replica`` and ``iteration`` name the first one.
+    """A replica produced a non-finite loss (or weights); ``replica`` and ``iteration`` name the first one.
 
-    ``first_bad`` lists, per replica, the first non-finite iteration (-1 where none was seen).
+    ``first_bad`` lists, per replica, the first non-finite iteration (-1 where none was seen);
+    ``cause`` says what was non-finite and when, without the replica's name.
     """
 
-    def __init__(self, message: str, replica: int, iteration: int, first_bad: list[int]):
+    def __init__(self, message: str, replica: int, iteration: int, first_bad: list[int], cause: str = ""):
         super().__init__(message)
-        self.replica, self.iteration, self.first_bad = replica, iteration, first_bad
+        self.replica, self.iteration, self.first_bad, self.cause = replica, iteration, first_bad, cause
 
 
-def resolve_execution(execution: str, device: torch.device) -> str:
-    """'auto' -> 'vmap' on CUDA, 'loop' elsewhere; anything else is checked and passed through."""
+@functools.cache
+def _vmap_autocast_works(device: str) -> bool:
+    x = torch.randn(2, 2, 2, 4, 4, device=device)
+    w = torch.randn(2, 3, 2, 3, 3, device=device)
+    lx, lw = torch.randn(2, 4, 5, device=device), torch.randn(2, 3, 5, device=device)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        conv = vmap(F.conv2d)(x, w)
+        lin = vmap(F.linear)(lx, lw)
+    return conv.dtype == torch.bfloat16 and lin.dtype == torch.bfloat16
+
+
+def vmap_autocast_works(device: str | torch.device) -> bool:
+    """Whether convolutions and linear layers under vmap run in bf16 inside bf16 autocast on `device`.
+
+    torch 2.13's CPU autocast does not reach convolutions under vmap (they stay fp32); probed
+    once per device rather than assumed, so a torch that fixes it (or a device where it works)
+    gets vmap back.
+    """
+    return _vmap_autocast_works(str(torch.device(device)))
+
+
+def resolve_execution(execution: str, device: torch.device, precision: str = "fp32") -> str:
+    """'auto' -> 'vmap' on CUDA, 'loop' elsewhere (and where vmap would not run `precision`).
+
+    An explicit 'vmap' that cannot honour bf16 autocast on `device` is refused with one line.
+    """
     if execution not in EXECUTIONS:
         raise ConfigError(f"unknown replica execution {execution!r}; valid choices: {', '.join(EXECUTIONS)}")
+    bf16_broken = precision == "bf16" and not vmap_autocast_works(device)
     if execution == "auto":
-        return "vmap" if device.type == "cuda" else "loop"
+        return "vmap" if device.type == "cuda" and not bf16_broken else "loop"
+    if execution == "vmap" and bf16_broken:
+        raise ConfigError(f"bf16 replicas under vmap on {device}: torch {torch.__version__}'s autocast does not "
+                          "reach convolutions there (they would run in fp32); use execution 'loop' or 'auto', "
+                          "or train.precision=fp32")
     return execution
 
 
@@ -253,7 +296,10 @@ def train_replicas(model: ModelOrFactory, states: Sequence[Mapping[str, torch.Te
                    masks: Sequence[Mapping[str, torch.Tensor]], split: Split, cfg: TrainConfig, *,
                    start: int, end: int, data_seeds: Sequence[int], augment: bool, execution: str = "auto",
                    on_progress: Callable[[int], None] | None = None, label: str = "replicas",
-                   momentum_out: list[State] | None = None) -> list[State]:
+                   momentum_out: list[State] | None = None, resume: Sequence[Checkpoint] | None = None,
+                   checkpoint_every: int = 0,
+                   on_checkpoint: Callable[[list[Checkpoint | None]], None] | None = None,
+                   on_diverged: Callable[[int, ReplicaDivergenceError], None] | None = None) -> list[State | None]:
     """Train R replicas of `model`'s architecture together from iteration `start` to `end`.
 
     `model` is a module (or a factory returning one) that fixes the architecture and the device;
@@ -264,6 +310,12 @@ def train_replicas(model: ModelOrFactory, states: Sequence[Mapping[str, torch.Te
     "loop" (see the module docstring). With `momentum_out` (a list), each replica's final
     momentum buffers (name -> tensor) are appended to it. Raises ReplicaDivergenceError naming
     the first replica with a non-finite loss and its iteration.
+
+    Checkpoints as in `training.train`: every `checkpoint_every` iterations before `end`,
+    `on_checkpoint` gets one `Checkpoint` per replica (None for a diverged one); `resume` (one
+    checkpoint per replica, all at one iteration) continues from them bitwise. With
+    `on_diverged`, a diverging replica is reported once, `on_diverged(r, error)`, instead of
+    raising; the others train on, and its entry in the returned list is None.
     """
     r_count = len(states)
     if r_count == 0 or not (len(masks) == len(data_seeds) == r_count):
@@ -271,9 +323,13 @@ def train_replicas(model: ModelOrFactory, states: Sequence[Mapping[str, torch.Te
                           f"{r_count} states, {len(masks)} masks and {len(data_seeds)} data seeds")
     if not 0 <= start <= end:
         raise ConfigError(f"train_replicas needs 0 <= start <= end, got start {start}, end {end}")
+    if checkpoint_every < 0:
+        raise ConfigError(f"checkpoint interval must be >= 0 iterations (0 = none), got {checkpoint_every}")
+    if resume is not None:
+        states, start = _resume_states(resume, r_count, start, end)
     template = _template(model)
     device = _device_of(template, states)
-    execution = resolve_execution(execution, device)
+    execution = resolve_execution(execution, device, cfg.precision)
     params, buffers = stack_states(template, states, device)
     names = list(params)
     plist = [params[n].requires_grad_(True) for n in names]
@@ -329,19 +385,39 @@ def train_replicas(model: ModelOrFactory, states: Sequence[Mapping[str, torch.Te
             return torch.stack(losses), grads
 
     first_bad = torch.full((r_count,), -1, dtype=torch.long, device=device)
-    bufs: list[torch.Tensor] | None = None
+    bufs = _resume_momentum(resume, names, cfg, device) if resume is not None else None
     with torch.no_grad():
         torch._foreach_mul_(masked, mask_values)
+    diverged: dict[int, ReplicaDivergenceError] = {}
 
-    def check(upto: int) -> None:
+    def check(upto: int, weights: bool) -> None:
+        """Read the divergence flags (and, at checkpoints and the end, the weights' finiteness)."""
         bad = first_bad.tolist()
-        hit = sorted((it, r) for r, it in enumerate(bad) if it >= 0)
-        if hit:
+        causes = {r: (it, f"non-finite loss at iteration {it} (checked up to {upto})")
+                  for r, it in enumerate(bad) if it >= 0}
+        if weights:
+            with torch.no_grad():
+                finite = torch.stack([torch.isfinite(p).reshape(r_count, -1).all(1) for p in plist]).all(0).tolist()
+            for r, ok in enumerate(finite):
+                if not ok and r not in causes:
+                    causes[r] = (upto, f"non-finite weights at iteration {upto}")
+        hit = sorted((it, r) for r, (it, _) in causes.items() if r not in diverged)
+        advice = "lower train.lr or use precision fp32, then run again"
+        if hit and on_diverged is None:
             it, r = hit[0]
             others = f" (replicas {sorted(r for _, r in hit)} diverged in all)" if len(hit) > 1 else ""
-            raise ReplicaDivergenceError(
-                f"{label} replica {r} diverged: non-finite loss at iteration {it} (checked up to {upto}){others}; "
-                "lower train.lr or use precision fp32, then run again", r, it, bad)
+            raise ReplicaDivergenceError(f"{label} replica {r} diverged: {causes[r][1]}{others}; {advice}",
+                                         r, it, bad, causes[r][1])
+        for it, r in hit:
+            diverged[r] = ReplicaDivergenceError(f"{label} replica {r} diverged: {causes[r][1]}; {advice}",
+                                                 r, it, bad, causes[r][1])
+            on_diverged(r, diverged[r])
+
+    def checkpoints(done: int) -> list[Checkpoint | None]:
+        return [None if r in diverged else
+                Checkpoint(done, unstack_state(template, params, buffers, r),
+                           {n: b[r].detach().clone() for n, b in zip(names, bufs)} if bufs is not None else {})
+                for r in range(r_count)]
 
     for t in range(start, end):
         x, y = data.batch(t)
@@ -352,16 +428,44 @@ def train_replicas(model: ModelOrFactory, states: Sequence[Mapping[str, torch.Te
             torch._foreach_mul_(masked, mask_values)
             first_bad.masked_fill_(~torch.isfinite(losses) & (first_bad < 0), t)
         done = t + 1
-        if done % DIVERGENCE_CHECK_EVERY == 0 or done == end:
-            check(done)
+        due_checkpoint = checkpoint_every and on_checkpoint and done % checkpoint_every == 0 and done < end
+        if done % DIVERGENCE_CHECK_EVERY == 0 or done == end or due_checkpoint:
+            check(done, weights=bool(due_checkpoint) or done == end)
             if on_progress is not None:
                 on_progress(done)
+        if due_checkpoint:
+            on_checkpoint(checkpoints(done))
     for p in plist:
         p.requires_grad_(False)
     if momentum_out is not None and bufs is not None:
         for r in range(r_count):
             momentum_out.append({n: b[r].detach().clone() for n, b in zip(names, bufs)})
-    return [unstack_state(template, params, buffers, r) for r in range(r_count)]
+    return [None if r in diverged else unstack_state(template, params, buffers, r) for r in range(r_count)]
+
+
+def _resume_states(resume: Sequence[Checkpoint], r_count: int, start: int,
+                   end: int) -> tuple[list[Mapping[str, torch.Tensor]], int]:
+    """The replicas' states and the iteration they resume at, checked."""
+    if len(resume) != r_count:
+        raise ConfigError(f"train_replicas got {len(resume)} checkpoints to resume {r_count} replicas; "
+                          "pass one per replica")
+    iterations = sorted({c.iteration for c in resume})
+    if len(iterations) != 1 or not start <= iterations[0] <= end:
+        raise ConfigError(f"replicas resume together from one iteration in [{start}, {end}], got checkpoints at "
+                          f"{iterations}; train those at other iterations in another group")
+    return [c.model_state for c in resume], iterations[0]
+
+
+def _resume_momentum(resume: Sequence[Checkpoint], names: list[str], cfg: TrainConfig,
+                     device: torch.device) -> list[torch.Tensor] | None:
+    """The stacked momentum buffers of the checkpoints (None: a fresh state, as in train)."""
+    have = [bool(c.momentum) for c in resume]
+    if cfg.momentum == 0 or not any(have):
+        return None
+    if not all(have) or any(set(c.momentum) != set(names) for c in resume):
+        raise ConfigError("the replicas' checkpoints do not all hold momentum for every parameter; "
+                          "they come from different trainings: delete them to start the segment over")
+    return [torch.stack([c.momentum[n].detach().to(device) for c in resume]).contiguous() for n in names]
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -376,6 +480,7 @@ def _evaluate_stacked(fmodel: nn.Module, params: State, buffers: State, split: S
                       precision: str, device: torch.device, execution: str) -> list[EvalResult]:
     """training.evaluate for each stacked replica: one pass over `split`, one host sync at the end."""
     r_count = next(iter(params.values())).shape[0]
+    execution = resolve_execution(execution, device, precision)  # refuses a vmap that would ignore bf16
     was_training = fmodel.training
     fmodel.eval()
 
@@ -407,7 +512,7 @@ def evaluate_replicas(model: ModelOrFactory, states: Sequence[Mapping[str, torch
     """
     template = _template(model)
     device = _device_of(template, states)
-    execution = resolve_execution(execution, device)
+    execution = resolve_execution(execution, device, precision)
     fmodel = _meta_copy(template)
     out: list[EvalResult] = []
     for chunk in _chunks(len(states), max_replicas):
@@ -440,7 +545,7 @@ def reestimate_batchnorm_stacked(fmodel: nn.Module, params: State, buffers: Stat
         if f"{prefix}num_batches_tracked" in buffers:
             buffers[f"{prefix}num_batches_tracked"].zero_()
     device = next(iter(params.values())).device
-    execution = resolve_execution(execution, device)
+    execution = resolve_execution(execution, device, precision)
 
     def forward(p: State, b: State, x: torch.Tensor) -> torch.Tensor:
         return functional_call(fmodel, (p, b), (x,))

@@ -125,13 +125,12 @@ def train(model: nn.Module, mask: Mapping[str, torch.Tensor], split: Split, cfg:
     """
     device = next(model.parameters()).device
     params = dict(model.named_parameters())
-    masked = [(params[n], m.to(device=device, dtype=params[n].dtype)) for n, m in mask.items()]
+    # Masks in each parameter's own memory layout, so the foreach products stay on the fast path.
+    masked = [(params[n], in_layout_of(params[n], m, f"the mask of {n!r}")) for n, m in mask.items()]
     masked_params, masked_values = [p for p, _ in masked], [m for _, m in masked]
     opt = sgd_optimizer(model.parameters(), cfg, device, fused=None if fused_optimizer else False)
     if resume is not None:
-        model.load_state_dict(resume.model_state)
-        for name, buf in resume.momentum.items():
-            opt.state[params[name]]["momentum_buffer"] = buf.to(device).clone()
+        restore_checkpoint(model, opt, resume)
         start = resume.iteration
     stream = BatchStream(split, cfg.batch_size, data_seed, augment)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
@@ -179,6 +178,34 @@ def train(model: nn.Module, mask: Mapping[str, torch.Tensor], split: Split, cfg:
 def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached copy of weights and buffers (the 'full state' rewinding restores)."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def in_layout_of(live: torch.Tensor, value: torch.Tensor, what: str = "a stored tensor") -> torch.Tensor:
+    """A copy of `value` with `live`'s device, dtype and memory layout (strides).
+
+    Checkpoints are stored contiguous, while on the fast path convolution weights are
+    channels_last; kernels that walk raw memory (fused SGD) pair elements by position, not by
+    index, so a restored tensor must have the strides of the tensor it sits beside.
+    """
+    if tuple(value.shape) != tuple(live.shape):
+        raise ConfigError(f"{what} has shape {tuple(value.shape)} where the model's parameter has {tuple(live.shape)}; "
+                          "it belongs to another architecture")
+    return torch.empty_like(live, memory_format=torch.preserve_format).copy_(value)
+
+
+def restore_checkpoint(model: nn.Module, opt: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
+    """Weights, buffers and momentum of `ckpt`, each in the memory layout of the live tensor.
+
+    `load_state_dict` copies into the live tensors (their layout is kept); the momentum buffers
+    are new tensors, made in their parameter's layout (`in_layout_of` says why).
+    """
+    model.load_state_dict(ckpt.model_state)
+    params = dict(model.named_parameters())
+    unknown = sorted(set(ckpt.momentum) - set(params))
+    if unknown:
+        raise ConfigError(f"the checkpoint has momentum for {unknown[0]!r}, which is not a parameter of the model")
+    for name, buf in ckpt.momentum.items():
+        opt.state[params[name]]["momentum_buffer"] = in_layout_of(params[name], buf, f"the stored momentum of {name!r}")
 
 
 def momentum_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

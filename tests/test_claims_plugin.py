@@ -50,3 +50,20 @@ def test_claims_plugin_end_to_end(tmp_path: Path):
     assert again.returncode == proc.returncode, again.stdout + again.stderr
     rerun = json.loads((tmp_path / "reports" / "latest" / "results.json").read_text())
     assert [o["verdict"] for o in rerun["outcomes"]] == [o["verdict"] for o in results["outcomes"]]
+
+
+def _collect(tmp_path: Path, *options: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "claims"), "--collect-only", "-q", "-p", "no:cacheprovider",
+           "--cache-dir", str(tmp_path / "cache"), "--report-dir", str(tmp_path / "reports"), *options]
+    return subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_set_is_checked_against_the_requested_rewinds(tmp_path: Path):
+    """--set train.iterations=12 is checked against rewinds 0 and 4 as asked, not the small recipe's default 500."""
+    short = ["--scale", "small", "--set", "train.iterations=12", "--set", "train.milestones=6,9"]
+    accepted = _collect(tmp_path, *short, "--rewind", "0", "--rewind", "4")
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert "small-k4" in accepted.stdout and "small-k500" not in accepted.stdout
+    too_late = _collect(tmp_path, *short, "--rewind", "0", "--rewind", "12")
+    assert too_late.returncode != 0
+    assert "rewind_iteration must be in [0, 12), got 12" in too_late.stderr, too_late.stderr

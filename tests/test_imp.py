@@ -219,6 +219,51 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(
     assert leftover_checkpoints(exp) == []
 
 
+def test_resumed_level_on_the_fast_path_equals_an_uninterrupted_one(tmp_path: Path, monkeypatch) -> None:
+    """CUDA's fast path emulated on the CPU (channels_last convolutions, fused SGD): a level resumed
+    from its stored (contiguous) checkpoint is bitwise the uninterrupted level.
+
+    oneDNN is off meanwhile: torch 2.13's oneDNN convolution backward corrupts the heap on
+    channels_last weights on some CPUs (AMD EPYC).
+    """
+    from lth_checks.speed import fused_sgd_available
+
+    if not fused_sgd_available("cpu"):
+        pytest.skip(f"torch {torch.__version__} has no fused SGD on the CPU")
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    monkeypatch.setattr(imp, "prepare_model", lambda model, device: model.to(device).to(
+        memory_format=torch.channels_last))
+    cfg = tiny_imp_config(levels=1, extra=TINY_RESNET)
+
+    def fast(root: Path, log: list[str] | None = None) -> Experiment:
+        return Experiment(cfg, store=Store(root), device="cpu", checkpoint_every=10, fast=True,
+                          log=(log.append if log is not None else None))
+
+    reference = fast(tmp_path / "reference")
+    ref_results = reference.run()
+    assert reference.build_model().conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+    def crashing_train(*args, on_checkpoint=None, label="", **kwargs):
+        assert kwargs["fused_optimizer"]
+
+        def save_then_crash(ckpt):
+            on_checkpoint(ckpt)
+            if "level 1" in label:
+                raise Crash(f"simulated crash after the checkpoint at {ckpt.iteration}")
+        return REAL_TRAIN(*args, on_checkpoint=save_then_crash, label=label, **kwargs)
+
+    monkeypatch.setattr(imp, "train", crashing_train)
+    with pytest.raises(Crash):
+        fast(tmp_path / "resumed").run()
+    monkeypatch.setattr(imp, "train", REAL_TRAIN)
+    log: list[str] = []
+    resumed = fast(tmp_path / "resumed", log)
+    results = resumed.run()
+    assert any("level 1: resuming from checkpoint at iteration 10" in line for line in log), log
+    assert without_time(results) == without_time(ref_results)
+    assert same_state(resumed.solution(1), reference.solution(1))
+
+
 def test_diverged_level_leaves_no_metrics_but_keeps_earlier_levels(reference, store: Store, monkeypatch) -> None:
     ref_exp, ref_results = reference
 
@@ -392,3 +437,87 @@ def test_replicates_trained_together_equal_replicates_trained_alone(tmp_path):
         assert ra == rb
         sa, sb = a.solution(2), b.solution(2)
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ----------------------------------------------------------------------------- replica groups that hold up
+
+def _lineages(root: Path, seeds=(0, 1, 2), log: list[str] | None = None, checkpoint_every: int = 10):
+    return [Experiment(replace(tiny_imp_config(levels=2), seed=seed), store=Store(root), device="cpu",
+                       checkpoint_every=checkpoint_every, log=(log.append if log is not None else None))
+            for seed in seeds]
+
+
+def _results(exp: Experiment) -> list[dict]:
+    return without_time([exp.result(level) for level in range(exp.config.levels + 1)])
+
+
+def test_a_diverging_replicate_is_recorded_and_the_rest_of_its_group_committed(tmp_path: Path, monkeypatch):
+    import lth_checks.replicas as replicas
+
+    real = replicas.train_replicas
+
+    def nan_in_seed_1_at_level_1(template, states, *args, label="", **kwargs):
+        if "level 1" in label:
+            states = list(states)
+            states[1] = {k: v.clone() for k, v in states[1].items()}
+            weight = next(k for k in states[1] if k.endswith("weight"))
+            states[1][weight] = torch.full_like(states[1][weight], float("nan"))
+        return real(template, states, *args, label=label, **kwargs)
+
+    monkeypatch.setattr(replicas, "train_replicas", nan_in_seed_1_at_level_1)
+    together = _lineages(tmp_path / "together")
+    assert imp.run_together(together) == 3 + 3 + 2 + 2  # pretraining, level 0, then levels 1 and 2 without seed 1
+    monkeypatch.setattr(replicas, "train_replicas", real)
+    alone = _lineages(tmp_path / "alone", seeds=(0, 2))
+    for a, b in zip([together[0], together[2]], alone):
+        b.run()
+        assert _results(a) == _results(b)
+        assert same_state(a.solution(2), b.solution(2))
+    seed1 = together[1]
+    assert seed1.is_done(0) and not seed1.is_done(1)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded divergence was trained again")
+
+    monkeypatch.setattr(imp, "train", no_training)
+    with pytest.raises(DivergenceError) as info:  # what the claims turn into INCONCLUSIVE
+        seed1.run()
+    message = str(info.value)
+    assert "level 1 of seed 1 diverged (trained as a replica): non-finite loss at iteration 5" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("resume_with", ["run_together", "single"])
+def test_a_replica_group_resumes_in_level_like_a_single_training(tmp_path: Path, monkeypatch, resume_with: str):
+    import lth_checks.replicas as replicas
+
+    real = replicas.train_replicas
+
+    def crash_after_first_checkpoint(*args, on_checkpoint=None, label="", **kwargs):
+        def save_then_crash(ckpts):
+            on_checkpoint(ckpts)
+            if "level 1" in label:
+                raise Crash(f"simulated crash after the checkpoint at {ckpts[0].iteration}")
+        return real(*args, on_checkpoint=save_then_crash, label=label, **kwargs)
+
+    monkeypatch.setattr(replicas, "train_replicas", crash_after_first_checkpoint)
+    with pytest.raises(Crash):
+        imp.run_together(_lineages(tmp_path / "crashed", seeds=(0, 1)))
+    monkeypatch.setattr(replicas, "train_replicas", real)
+    log: list[str] = []
+    resumed = _lineages(tmp_path / "crashed", seeds=(0, 1), log=log)
+    assert [e.finished_levels() for e in resumed] == [1, 1]
+    assert all(e.entry.has_tensors("level01_train_checkpoint") for e in resumed)
+    if resume_with == "run_together":
+        assert imp.run_together(resumed) == 4
+        assert any("resuming from checkpoints at iteration 10" in line for line in log), log
+    else:  # each lineage alone, through train(), from the group's checkpoint
+        for e in resumed:
+            e.run()
+        assert sum("level 1: resuming from checkpoint at iteration 10" in line for line in log) == 2, log
+    uninterrupted = _lineages(tmp_path / "uninterrupted", seeds=(0, 1))
+    imp.run_together(uninterrupted)
+    for a, b in zip(resumed, uninterrupted):
+        assert _results(a) == _results(b)
+        assert same_state(a.solution(2), b.solution(2))
+        assert leftover_checkpoints(a) == []

@@ -202,3 +202,141 @@ def test_batched_grid_without_batch_norm() -> None:
     ref = evaluate_path(build_model(MLP, SHAPE, 4), a, b, split, split, settings)
     ours = evaluate_path_batched(build_model(MLP, SHAPE, 4), a, b, split, split, settings)
     assert ours == ref and ours.bn_mode == "none (no batch norm)"
+
+
+# ----------------------------------------------------------------------------- divergence of one replica
+
+@pytest.mark.parametrize("execution", ["loop", "vmap"])
+def test_a_diverging_replica_leaves_the_others_to_finish(execution) -> None:
+    """With on_diverged, replica 1 (NaN from the start) is reported once; 0 and 2 train as if alone."""
+    split = synthetic_split()
+    models, masks = replicas(RESNET)
+    states = [clone_state(m) for m in models]
+    states[1]["fc.bias"] = torch.full_like(states[1]["fc.bias"], float("nan"))
+    reported: list[ReplicaDivergenceError] = []
+    finals = train_replicas(models[0], states, masks, split, CFG, start=START, end=END, data_seeds=[0, 1, 2],
+                            augment=True, execution=execution, on_diverged=lambda r, e: reported.append(e))
+    assert [(e.replica, e.iteration) for e in reported] == [(1, START)]
+    assert isinstance(reported[0], DivergenceError) and reported[0].cause.startswith("non-finite loss")
+    assert finals[1] is None
+    alone = train_replicas(models[0], [states[0], states[2]], [masks[0], masks[2]], split, CFG, start=START,
+                           end=END, data_seeds=[0, 2], augment=True, execution=execution)
+    for got, want in zip([finals[0], finals[2]], alone):
+        if execution == "loop":
+            assert all(torch.equal(got[k], want[k]) for k in want)
+        else:
+            assert max_rel_diff(got, want) < VMAP_RTOL
+
+
+def test_non_finite_weights_with_a_finite_loss_are_divergence() -> None:
+    """A last step that overflows a weight while its loss was still finite is caught at the end."""
+    split = synthetic_split()
+    models, masks = replicas(MLP, 2)
+    states = [clone_state(m) for m in models]
+    bias = [k for k in states[1] if k.endswith("bias")][-1]
+    states[1][bias] = torch.full_like(states[1][bias], 3e38)  # finite; one decay step of lr 3 overflows it
+    cfg = dataclasses.replace(CFG, lr=3.0, weight_decay=1.0, momentum=0.0)
+    reported: list[ReplicaDivergenceError] = []
+    finals = train_replicas(models[0], states, masks, split, cfg, start=0, end=1, data_seeds=[0, 1], augment=False,
+                            execution="loop", on_diverged=lambda r, e: reported.append(e))
+    assert [(e.replica, e.cause) for e in reported] == [(1, "non-finite weights at iteration 1")]
+    assert finals[1] is None and finals[0] is not None
+
+
+# ----------------------------------------------------------------------------- in-level checkpoints
+
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_replica_checkpoints_resume_bitwise_and_are_those_of_single_training(momentum: float) -> None:
+    split = synthetic_split()
+    cfg = dataclasses.replace(CFG, momentum=momentum)
+    models, masks = replicas(RESNET, 2)
+    states = [clone_state(m) for m in models]
+    saved: list[list[Checkpoint]] = []
+    finals = train_replicas(models[0], states, masks, split, cfg, start=START, end=END, data_seeds=[3, 4],
+                            augment=True, execution="loop", checkpoint_every=10, on_checkpoint=saved.append)
+    assert [[c.iteration for c in group] for group in saved] == [[10, 10], [20, 20], [30, 30]]
+    # resuming the group from its checkpoints gives the uninterrupted group, bitwise
+    resumed = train_replicas(models[0], states, masks, split, cfg, start=START, end=END, data_seeds=[3, 4],
+                             augment=True, execution="loop", resume=saved[1])
+    for got, want in zip(resumed, finals):
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    for r in range(len(models)):
+        # each replica's checkpoint is the one its single training writes ...
+        single: list[Checkpoint] = []
+        alone = build_model(RESNET, SHAPE, 4, seed=99)
+        alone.load_state_dict(states[r])
+        train(alone, masks[r], split, cfg, start=START, end=END, data_seed=3 + r, augment=True, checkpoint_every=10,
+              on_checkpoint=single.append)
+        ours = saved[1][r]
+        assert single[1].iteration == ours.iteration
+        assert all(torch.equal(single[1].model_state[k], ours.model_state[k]) for k in ours.model_state)
+        assert single[1].momentum.keys() == ours.momentum.keys()
+        assert all(torch.equal(single[1].momentum[k], ours.momentum[k]) for k in ours.momentum)
+        # ... so single training resumes from it, to the same end
+        again = build_model(RESNET, SHAPE, 4, seed=98)
+        train(again, masks[r], split, cfg, start=START, end=END, data_seed=3 + r, augment=True, resume=ours)
+        assert all(torch.equal(clone_state(again)[k], finals[r][k]) for k in finals[r])
+
+
+def test_replicas_resume_only_together_from_one_iteration() -> None:
+    split = synthetic_split()
+    models, masks = replicas(MLP, 2)
+    states = [clone_state(m) for m in models]
+    saved: list[list[Checkpoint]] = []
+    train_replicas(models[0], states, masks, split, CFG, start=0, end=25, data_seeds=[0, 1], augment=False,
+                   execution="loop", checkpoint_every=10, on_checkpoint=saved.append)
+    with pytest.raises(ConfigError, match=r"one iteration .* got checkpoints at \[10, 20\]"):
+        train_replicas(models[0], states, masks, split, CFG, start=0, end=25, data_seeds=[0, 1], augment=False,
+                       execution="loop", resume=[saved[0][0], saved[1][1]])
+
+
+# ----------------------------------------------------------------------------- bf16 under vmap
+
+def test_bf16_replicas_run_in_bf16_or_are_refused() -> None:
+    """On the CPU, autocast skips convolutions under vmap (torch 2.13): vmap + bf16 is refused there,
+    and "auto" picks the loop, which trains in bf16 exactly as single training does."""
+    from lth_checks.replicas import vmap_autocast_works
+
+    split = synthetic_split()
+    models, masks = replicas(RESNET, 2)
+    states = [clone_state(m) for m in models]
+    cfg = dataclasses.replace(CFG, precision="bf16")
+    cpu = torch.device("cpu")
+
+    def run(execution: str, c: TrainConfig = cfg):
+        return train_replicas(models[0], states, masks, split, c, start=START, end=START + 5, data_seeds=[0, 1],
+                              augment=False, execution=execution)
+
+    assert resolve_execution("vmap", cpu, "fp32") == "vmap"
+    if vmap_autocast_works(cpu):  # a torch where it works: vmap really runs bf16
+        assert resolve_execution("auto", cpu, "bf16") == "loop"  # auto still means loop on the CPU
+        assert max_rel_diff(run("vmap")[0], run("vmap", CFG)[0]) > 1e-4
+        return
+    with pytest.raises(ConfigError, match=r"^bf16 replicas under vmap on cpu: .*use execution 'loop'") as info:
+        run("vmap")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="bf16 replicas under vmap"):
+        evaluate_replicas(models[0], states, split, precision="bf16", execution="vmap")
+    assert resolve_execution("auto", cpu, "bf16") == "loop"
+    together = run("auto")
+    for r in range(len(models)):
+        alone = build_model(RESNET, SHAPE, 4, seed=97)
+        alone.load_state_dict(states[r])
+        train(alone, masks[r], split, cfg, start=START, end=START + 5, data_seed=r, augment=False)
+        assert all(torch.equal(clone_state(alone)[k], together[r][k]) for k in together[r])
+    assert max_rel_diff(together[0], run("auto", CFG)[0]) > 1e-4  # and bf16 is not fp32
+
+
+def test_the_cpu_vmap_autocast_probe_sees_what_a_model_sees() -> None:
+    """The probe's verdict matches a real replica forward: conv output dtype under vmap + autocast."""
+    from torch.func import functional_call, vmap
+
+    from lth_checks.replicas import stack_states, vmap_autocast_works
+
+    models, _ = replicas(RESNET, 2)
+    params, buffers = stack_states(models[0], [clone_state(m) for m in models], torch.device("cpu"))
+    x = torch.randn(4, *SHAPE)
+    conv = models[0].conv
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = vmap(lambda w: functional_call(conv, {"weight": w}, (x,)))(params["conv.weight"])
+    assert (out.dtype == torch.bfloat16) == vmap_autocast_works("cpu")

@@ -14,6 +14,7 @@ from lth_checks.data import Split
 from lth_checks.errors import ConfigError, DivergenceError
 from lth_checks.models import build_model
 from lth_checks.pruning import dense_mask, prune
+from lth_checks.speed import fused_sgd_available
 from lth_checks.training import (
     BatchStream,
     Checkpoint,
@@ -117,6 +118,54 @@ def test_resume_from_mid_segment_checkpoint_is_bitwise_identical(momentum: float
     again = resnet(seed=98)
     train(again, mask, split, cfg, start=3, end=40, data_seed=5, augment=True, resume=checkpoints[2])
     assert same_state(clone_state(again), final)
+
+
+@pytest.fixture
+def channels_last_fused_on_cpu(monkeypatch):
+    """The CUDA fast path emulated on the CPU: channels_last convolutions with fused SGD.
+
+    oneDNN is switched off meanwhile: torch 2.13's oneDNN convolution backward corrupts the heap
+    on channels_last weights on some CPUs (AMD EPYC here: "corrupted double-linked list").
+    """
+    if not fused_sgd_available("cpu"):
+        pytest.skip(f"torch {torch.__version__} has no fused SGD on the CPU")
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    return lambda model: model.to(memory_format=torch.channels_last)
+
+
+def test_resume_on_the_fast_path_is_bitwise_identical(channels_last_fused_on_cpu) -> None:
+    """A checkpoint stored contiguous (as the cache does) resumes a channels_last, fused-SGD run exactly.
+
+    Fused SGD walks raw memory: a contiguous momentum buffer beside a channels_last weight pairs
+    the wrong elements (this run ended up to 0.79 away before the momentum took the weight's layout).
+    """
+    as_fast = channels_last_fused_on_cpu
+    split = synthetic_split()
+    model = as_fast(resnet())
+    mask = half_mask(model)
+    start_state = clone_state(model)
+    checkpoints: list[Checkpoint] = []
+    train(model, mask, split, CFG, start=3, end=40, data_seed=5, augment=True, checkpoint_every=10,
+          on_checkpoint=checkpoints.append, fused_optimizer=True)
+    final = clone_state(model)
+    stored = checkpoints[0]
+    assert any(not v.is_contiguous() for v in stored.momentum.values())  # the layout the test is about
+    stored = Checkpoint(stored.iteration, {k: v.contiguous() for k, v in stored.model_state.items()},
+                        {k: v.contiguous() for k, v in stored.momentum.items()})
+
+    resumed = as_fast(resnet(seed=99))
+    resumed.load_state_dict(start_state)
+    train(resumed, mask, split, CFG, start=3, end=40, data_seed=5, augment=True, resume=stored,
+          fused_optimizer=True)
+    assert resumed.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert same_state(clone_state(resumed), final)
+
+
+def test_a_checkpoint_of_another_architecture_is_one_line() -> None:
+    model = resnet()
+    ckpt = Checkpoint(10, clone_state(model), {"conv.weight": torch.zeros(2, 2)})
+    with pytest.raises(ConfigError, match="another architecture"):
+        train(model, {}, synthetic_split(), CFG, start=0, end=20, data_seed=0, augment=False, resume=ckpt)
 
 
 def test_fresh_optimiser_and_schedule_resume_at_start() -> None:

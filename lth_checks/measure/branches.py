@@ -7,7 +7,8 @@ the same resumable, checkpointed loop as the IMP levels.
 - perturb:   retrain m_L * w_k + delta, delta Gaussian on the alive coordinates of m_L with
              norm c * r_L (Claim 2).
 - oneshot:   prune a fraction p of the alive weights of w_L by magnitude or at random, rewind to
-             w_k with that mask, retrain (Claim 3's p_max).
+             w_k with that mask, retrain (Claim 3's p_max). At the lineage's own fraction and
+             magnitude strategy this is IMP's level L+1, which is read instead of trained again.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..config import PRUNE_STRATEGIES, to_dict
-from ..errors import ConfigError
-from ..imp import Experiment, train_in_entry
+from ..errors import ConfigError, DivergenceError
+from ..imp import Experiment, train_group_in_entries, train_in_entry
 from ..pruning import Mask, alive_count, density, excluded_names, prunable_weights, prune
 from ..store import Entry, holding_free
 from ..training import derive_seed
@@ -81,6 +82,7 @@ class BranchResult:
     perturbation_norm: float  # |delta| for perturb branches, else 0
     scale_r: float  # r_L for perturb branches, else 0
     wall_time_s: float
+    imp_level: int | None = None  # the IMP level this branch is (read, not trained; wall time 0), if any
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,22 +107,57 @@ class Branch:
     def data_seed(self) -> int:
         return self.parent.config.seed if self.spec.data_seed is None else self.spec.data_seed
 
+    @property
+    def imp_level(self) -> int | None:
+        """The IMP level this branch is the same experiment as, or None.
+
+        A one-shot prune of w_L at the lineage's own fraction and strategy, rewound to w_k and
+        retrained with the lineage's data order, is how IMP makes level L+1 (`Experiment.mask`
+        prunes with the same `pruning.prune`, exclusions and tie-break). Only for magnitude
+        strategies: random ones draw the mask with another seed than IMP does.
+        """
+        spec, cfg = self.spec, self.parent.config
+        same = (spec.kind == "oneshot" and spec.fraction == cfg.prune.fraction and spec.strategy == cfg.prune.strategy
+                and not spec.strategy.startswith("random") and self.data_seed == cfg.seed)
+        return spec.level + 1 if same else None
+
+    @property
+    def segment(self) -> str:
+        """This branch's name among its parent's recorded divergences."""
+        return f"branch {self.entry.key}"
+
     def is_done(self) -> bool:
+        if self.imp_level is not None:
+            return self.parent.is_done(self.imp_level)
         return self.entry.has_json("metrics.json")
 
     def result(self) -> BranchResult:
+        if self.imp_level is not None:
+            return self._imp_result(self.imp_level)
         if not self.is_done():
+            self.parent.raise_if_diverged(self.segment)
             with self.entry.lock():
                 if not self.is_done():
                     self._train()
         return BranchResult(**self.entry.read_json("metrics.json"))
 
+    def _imp_result(self, level: int) -> BranchResult:
+        """IMP's level `level` (trained on demand like any level) in a branch record."""
+        r = self.parent.run(level)[level]
+        return BranchResult(spec=self.spec.key_dict(), alive=r.alive, density=r.density, test_error=r.test_error,
+                            test_loss=r.test_loss, train_error=r.train_error, train_loss=r.train_loss,
+                            perturbation_norm=0.0, scale_r=0.0, wall_time_s=0.0, imp_level=level)
+
     def solution(self) -> dict[str, torch.Tensor]:
+        if self.imp_level is not None:
+            return self.parent.solution(self.imp_level)
         self.result()
         return self.entry.read_tensors("final", self.parent.device)[0]
 
     def mask(self) -> Mask:
         self.result()
+        if self.imp_level is not None:
+            return self.parent.mask(self.imp_level)
         return self.entry.read_tensors("mask", self.parent.device)[0]
 
     def _start(self) -> tuple[Mask, dict[str, torch.Tensor], float, float]:
@@ -169,12 +206,15 @@ def train_together(parent: Experiment, specs: Sequence[BranchSpec], group: int =
     All branches of one lineage share the architecture and the iteration range (k to T), so they
     train together through `replicas.train_replicas` (vmap on a GPU; on the CPU a loop that is
     bitwise equal to training them one by one). Each result is committed to its own cache entry
-    exactly as `Branch.result()` would. Branches another process is training (lock held) are
-    left to it. Returns the number trained here.
+    exactly as `Branch.result()` would, with in-level checkpoints under the name its single
+    training uses. Branches another process is training (lock held) are left to it. A diverging
+    branch is recorded on `parent` (its `result()` raises the DivergenceError); the others are
+    committed. Returns the number trained and committed here.
     """
-    from ..replicas import train_replicas
-
-    todo = [b for b in (Branch(parent, s) for s in specs) if not b.is_done()]
+    # branches that are IMP levels are left to IMP (trained, if at all, as levels of the lineage);
+    # diverged ones raise their error when asked for
+    todo = [b for b in (Branch(parent, s) for s in specs)
+            if b.imp_level is None and b.segment not in parent.diverged and not b.is_done()]
     if len(todo) < 2:
         return 0  # a single branch trains on demand, with in-level checkpoints
     parent.require_training(f"{len(todo)} branch experiments")
@@ -187,13 +227,17 @@ def train_together(parent: Experiment, specs: Sequence[BranchSpec], group: int =
             started = time.perf_counter()
             starts = [b._start() for b in batch]
             models = [parent.model_with(state, mask) for mask, state, _, _ in starts]
-            finals = train_replicas(parent.build_model(), [m.state_dict() for m in models],
-                                    [mask for mask, _, _, _ in starts], parent.dataset.train, cfg.train,
-                                    start=cfg.rewind_iteration, end=cfg.train.iterations,
-                                    data_seeds=[b.data_seed for b in batch], augment=cfg.data.augment,
-                                    label=f"{len(batch)} branches of {cfg.recipe}")
+            finals = train_group_in_entries(
+                [b.entry for b in batch], "checkpoint", parent.build_model(), [m.state_dict() for m in models],
+                [mask for mask, _, _, _ in starts], parent.dataset.train, cfg, start=cfg.rewind_iteration,
+                end=cfg.train.iterations, data_seeds=[b.data_seed for b in batch],
+                checkpoint_every=parent.checkpoint_every, label=f"{len(batch)} branches of {cfg.recipe}",
+                names=[f"{cfg.recipe} seed {cfg.seed} {b.spec.label}" for b in batch], log=parent.log)
             seconds = (time.perf_counter() - started) / len(batch)
             for b, model, final, (mask, _, delta_norm, r) in zip(batch, models, finals, starts):
+                if isinstance(final, DivergenceError):
+                    parent.record_divergence(b.segment, final)
+                    continue
                 model.load_state_dict(final)
                 b._commit(model, mask, delta_norm, r, seconds)
                 trained += 1

@@ -55,18 +55,26 @@ def _path(exp: Experiment, state_a: dict, state_b: dict, settings: PathSettings)
               exp.config.train.precision).to_dict()
 
 
+def _successive_path(exp: Experiment, level: int, s: MeasureSettings) -> dict:
+    return _cached(exp, "successive_path", {"level": level, "path": asdict(s.path)},
+                   lambda: _path(exp, exp.solution(level), exp.solution(level + 1), s.path))
+
+
 def successive_barrier(exp: Experiment, level: int, s: MeasureSettings = MeasureSettings()) -> PathResult:
     """Path from w_L to w_{L+1} (the weights pruned at L+1 shrink to zero along it)."""
-    d = _cached(exp, "successive_path", {"level": level, "path": asdict(s.path)},
-                lambda: _path(exp, exp.solution(level), exp.solution(level + 1), s.path))
-    return PathResult.from_dict(d)
+    return PathResult.from_dict(_successive_path(exp, level, s))
 
 
 def branch_barrier(exp: Experiment, spec: BranchSpec, s: MeasureSettings = MeasureSettings()) -> dict:
-    """Path from the level-L solution to a branch's solution, with the branch's own metrics."""
+    """Path from the level-L solution to a branch's solution, with the branch's own metrics.
+
+    A branch that is IMP's level L+1 (`Branch.imp_level`) reuses the successive path.
+    """
     branch = Branch(exp, spec)
 
     def compute() -> dict:
+        if branch.imp_level == spec.level + 1:
+            return {"branch": branch.result().to_dict(), "path": _successive_path(exp, spec.level, s)}
         return {"branch": branch.result().to_dict(),
                 "path": _path(exp, exp.solution(spec.level), branch.solution(), s.path)}
 
