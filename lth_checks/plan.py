@@ -239,6 +239,13 @@ class _Builder:
 
     def branch_path(self, exp: Experiment, spec: BranchSpec, claim: str) -> None:
         b = Branch(exp, spec)
+        if _imp_level_reused(exp, spec, self.ctx.last_level()) is not None:
+            # the branch is IMP's next level: its path is the successive path, read from that job
+            self.successive(exp, spec.level, claim)
+            successive = measure_entry(exp, suite.successive_barrier, spec.level, self.s)
+            self.measure(exp, "path", suite.branch_barrier, (spec, self.s), claim,
+                         [f"measure/{successive.key}"], f"path to {spec.label} (the successive path)")
+            return
         self.measure(exp, "path", suite.branch_barrier, (spec, self.s), claim,
                      [_level_id(exp, spec.level), f"branch/{b.entry.key}"], f"path to {spec.label}",
                      images=_path_images(exp, self.s))
@@ -258,14 +265,10 @@ class _Builder:
 
 
 def _imp_level_reused(exp: Experiment, spec: BranchSpec, last: int) -> int | None:
-    """The IMP level a one-shot branch is identical to: pruning p = prune.fraction of w_L by the
-    lineage's own magnitude strategy and retraining from w_k in the lineage's data order is how
-    IMP makes level L+1 (issue 10: counted as shared, not trained again)."""
-    prune = exp.config.prune
-    if (spec.kind == "oneshot" and spec.fraction == prune.fraction and spec.strategy == prune.strategy
-            and prune.strategy.startswith("magnitude") and spec.data_seed is None and spec.level + 1 <= last):
-        return spec.level + 1
-    return None
+    """The IMP level a branch is the same experiment as (`Branch.imp_level`: read, not trained),
+    when the lineage's plan reaches it."""
+    level = Branch(exp, spec).imp_level
+    return level if level is not None and level <= last else None
 
 
 def claims_plan(ctx: ClaimContext) -> Plan:
