@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Start a one-node Slurm cluster on this machine (root needed): munge, slurmctld, slurmd.
+# Used by CI before the test suite (tests/test_cluster.py's `slurm` test); by hand: sudo bash .ci/slurm-up.sh
 set -euo pipefail
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null && apt-get install -y -qq slurm-wlm munge >/dev/null
+fi
 STATE=${SLURM_STATE:-/tmp/lth-slurm}
 mkdir -p "$STATE"/{spool,ctld,log} /etc/slurm /run/munge /var/log/munge /var/lib/munge /etc/munge
 chown munge:munge /run/munge /var/log/munge /var/lib/munge /etc/munge

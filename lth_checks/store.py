@@ -37,6 +37,7 @@ from .errors import CacheError
 
 ENV_CACHE_DIR = "LTH_CHECKS_CACHE_DIR"
 ENV_LOCK_TTL = "LTH_CHECKS_LOCK_TTL"
+TRAINING_LEDGER = "trainings.jsonl"
 T = TypeVar("T")
 
 
@@ -385,6 +386,16 @@ class Entry:
         except (SafetensorError, OSError, ValueError) as e:
             raise self._corrupt(f"{path.name} cannot be read: {e}") from None
 
+    def record_training(self, segment: str, start: int, end: int, resumed_from: int | None) -> None:
+        """Append one line to the cache's training ledger (`<root>/trainings.jsonl`): which entry's
+        segment this process trains, from where. It is what shows that no work was done twice when
+        several processes or cluster jobs share the cache (a resumed segment says where it resumed)."""
+        record = {"entry": f"{self.kind}/{self.key}", "segment": segment, "start": start, "end": end,
+                  "resumed_from": resumed_from, "host": _HOST, "pid": os.getpid(), "time": round(time.time(), 3)}
+        ledger = self.path.parent.parent / TRAINING_LEDGER
+        with open(ledger, "a") as f:  # one short O_APPEND write per segment: lines do not interleave
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
     def delete(self, name: str) -> None:
         for suffix in (".sha256", ".safetensors"):
             (self.path / f"{name}{suffix}").unlink(missing_ok=True)
@@ -421,6 +432,13 @@ class Store:
 
     def entry(self, kind: str, key_dict: Mapping[str, Any]) -> Entry:
         return Entry(self.root, kind, key_dict)
+
+    def trainings(self) -> list[dict]:
+        """The training ledger: one record per training segment started on this cache."""
+        path = self.root / TRAINING_LEDGER
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def entries(self, kind: str) -> list[Path]:
         base = self.root / kind
