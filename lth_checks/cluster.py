@@ -206,9 +206,23 @@ def _local_alive(job_id: str) -> bool:
     return True
 
 
+def _unit_seconds(plan, tp, unit: Unit) -> float:
+    """Device seconds of what is left of a unit as a cluster job runs it.
+
+    A ``train`` unit is one lineage on its own GPU, so its levels are not batched with other
+    replicates as on one machine; a ``branches`` unit trains its branches together as `plan` groups them.
+    """
+    from .plan import unit_seconds
+
+    if unit.kind == "branches":
+        return unit_seconds(plan, tp, unit.job_ids)
+    return sum(tp.per_job_s + j.iterations * tp.s_per_iteration + j.images * tp.s_per_eval_image
+               for j in unit.jobs if not j.cached)
+
+
 def status(options: RunOptions, executor: str = "slurm") -> list[Unit]:
     """Every unit of the plan with its state: done, running, queued, failed or not submitted."""
-    from .plan import claims_plan, throughput_for, unit_seconds
+    from .plan import claims_plan, throughput_for
     from .store import Store
 
     plan = claims_plan(options.context())
@@ -218,7 +232,7 @@ def status(options: RunOptions, executor: str = "slurm") -> list[Unit]:
     submitted = ledger.get("units", {})
     live = _scheduler_states((submitted.get(u.name, {}).get("job_id") for u in all_units), executor)
     for u in all_units:
-        u.seconds = unit_seconds(plan, tp, u.job_ids)
+        u.seconds = _unit_seconds(plan, tp, u)
         u.slurm_id = submitted.get(u.name, {}).get("job_id")
         if u.cached:
             u.state = "done"
@@ -335,5 +349,11 @@ def format_status(all_units: Sequence[Unit]) -> str:
     lines = [f"{'state':<14} {'job':>12} {'est. h':>7}  unit"]
     for u in all_units:
         lines.append(f"{u.state:<14} {u.slurm_id or '-':>12} {u.seconds / 3600:>7.2f}  {u.label}")
+    train_h = sum(u.seconds for u in all_units if u.kind == "train") / 3600
+    branch_h = sum(u.seconds for u in all_units if u.kind == "branches") / 3600
+    longest = max((u.seconds for u in all_units), default=0.0) / 3600
+    lines.append(f"left to do: {train_h + branch_h:.1f} GPU-hours ({train_h:.1f} in "
+                 f"{sum(u.kind == 'train' for u in all_units)} lineage trainings, {branch_h:.1f} in "
+                 f"{sum(u.kind == 'branches' for u in all_units)} branch units); longest unit {longest:.1f} h")
     lines.append("; ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return "\n".join(lines)
