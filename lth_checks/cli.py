@@ -172,6 +172,70 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0 if code in (0, 1) else code  # 1 = a claim FAILs, which the rebuilt report states
 
 
+def add_claims_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of `pytest claims/` that decide what a claims run trains (plan, work, submit)."""
+    from .evidence import SCALES
+
+    p.add_argument("--scale", choices=SCALES, default="smoke", help="as for pytest claims/")
+    p.add_argument("--recipe", action="append", default=[], help="recipes (default: the scale's)")
+    p.add_argument("--rewind", action="append", type=int, default=[], help="rewind iterations (default: the recipe's)")
+    p.add_argument("--replicates", type=int, help="seeds per configuration (default: the scale's)")
+    p.add_argument("--levels", type=int, help="last IMP level (default: the scale's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for pytest claims/")
+    p.add_argument("--data-root", help="folder with mnist/ and cifar-10-batches-py/ (or $LTH_CHECKS_DATA_ROOT)")
+    p.add_argument("--cache-dir", help="experiment cache (default $LTH_CHECKS_CACHE_DIR or ./.lth-cache)")
+
+
+def run_options_from_args(args: argparse.Namespace):
+    from .cluster import RunOptions
+
+    return RunOptions(scale=args.scale, recipes=tuple(args.recipe), rewinds=tuple(args.rewind),
+                      replicates=args.replicates, levels=args.levels, overrides=tuple(args.set),
+                      data_root=args.data_root, cache_dir=args.cache_dir, device=getattr(args, "device", "auto"))
+
+
+def cmd_work(args: argparse.Namespace) -> int:
+    """Produce the given plan jobs (or all missing ones) through the cached code."""
+    from .plan import claims_plan, run_jobs
+
+    options = run_options_from_args(args)
+    configure_cpu_threads(options.device)
+    plan = claims_plan(options.context(_log))
+    ids = list(plan.jobs) if args.all else args.jobs
+    if not ids:
+        raise ConfigError("name the jobs to run (ids from `lth-checks plan --list`) or pass --all")
+    unknown = [i for i in ids if i not in plan.jobs]
+    if unknown:
+        raise ConfigError(f"{unknown[0]} is not a job of this plan; list them with `lth-checks plan --list` "
+                          "and the same options")
+    started = time.perf_counter()
+    ran = run_jobs(plan, ids, _log)
+    _log(f"{len(ran)} job(s) produced, {len(ids) - len(ran)} already cached or left to their claim, "
+         f"in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from . import cluster
+
+    options = run_options_from_args(args)
+    if args.status:
+        print(cluster.format_status(cluster.status(options, args.executor)))
+        return 0
+    units = cluster.submit(options, executor=args.executor, partition=args.partition,
+                           gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
+                           max_parallel=args.max_parallel, timeout_min=args.timeout_min, extra=args.slurm_param,
+                           dry_run=args.dry_run, log=_log)
+    if args.wait and not args.dry_run:
+        units = cluster.wait(options, args.executor, log=_log)
+    print(cluster.format_status(units))
+    failed = [u for u in units if u.state == "failed"]
+    if failed:
+        _log(f"{len(failed)} unit(s) failed: their logs are in {cluster.Ledger.folder_for(options)}; "
+             "run the same command again to resubmit them (finished work is kept)")
+    return 1 if args.wait and failed else 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     """Print what `pytest claims/` would run with these options: counts, costs, cache state, device time."""
     from . import plan as P
@@ -179,7 +243,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     ctx = ClaimContext(scale=args.scale, recipes=tuple(args.recipe), rewinds=tuple(args.rewind),
                        replicates=args.replicates, levels=args.levels, overrides=tuple(args.set), device="cpu",
-                       cache_dir=args.cache_dir)
+                       cache_dir=args.cache_dir, data_root=args.data_root)
     plan = P.claims_plan(ctx)
     if args.claim:
         plan = P.select(plan, set(args.claim))
@@ -236,23 +300,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="experiment cache (default $LTH_CHECKS_CACHE_DIR or ./.lth-cache)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("plan", help="what `pytest claims/` would train and measure, its cost and device time")
-    from .evidence import SCALES
-
-    p.add_argument("--scale", choices=SCALES, default="smoke", help="as for pytest claims/")
-    p.add_argument("--recipe", action="append", default=[], help="recipes (default: the scale's)")
-    p.add_argument("--rewind", action="append", type=int, default=[], help="rewind iterations (default: the recipe's)")
-    p.add_argument("--replicates", type=int, help="seeds per configuration (default: the scale's)")
-    p.add_argument("--levels", type=int, help="last IMP level (default: the scale's)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for pytest claims/")
+    add_claims_run_options(p)
     p.add_argument("--claim", action="append", default=[], choices=("1", "2", "3", "3d", "4"),
                    help="only what these claims need (default: all)")
-    p.add_argument("--cache-dir", help="experiment cache to check (default $LTH_CHECKS_CACHE_DIR or ./.lth-cache)")
     p.add_argument("--bench", metavar="JSON", help="throughput from this `lth-checks bench` JSON (default: the "
                    "newest full one in reports/bench/ for --device-type, else the stated H100 assumption)")
     p.add_argument("--device-type", default="cuda", choices=("cuda", "cpu"), help="device the estimate is for")
     p.add_argument("--list", action="store_true", help="also list every job with its key, cost and state")
     p.add_argument("--json", metavar="PATH", help="write the whole plan as JSON")
     p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("work", help="produce some jobs of the claims plan against the cache (what a cluster job runs)")
+    add_claims_run_options(p)
+    p.add_argument("jobs", nargs="*", metavar="JOB", help="job ids as `lth-checks plan --list` prints them")
+    p.add_argument("--all", action="store_true", help="every job of the plan that the cache lacks")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when present)")
+    p.set_defaults(func=cmd_work)
+    p = sub.add_parser("submit", help="run the claims plan as cluster jobs (submitit: Slurm or local processes)")
+    add_claims_run_options(p)
+    p.add_argument("--executor", choices=("slurm", "local"), default="slurm", help="where the jobs run")
+    p.add_argument("--partition", help="Slurm partition")
+    p.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per job (0 for CPU jobs; default 1)")
+    p.add_argument("--cpus-per-job", type=int, default=4, help="CPU cores per job (default 4)")
+    p.add_argument("--max-parallel", type=int, default=16, help="lineage jobs of the array running at once")
+    p.add_argument("--timeout-min", type=int, default=24 * 60, help="time limit of each job in minutes")
+    p.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sbatch option, e.g. --slurm-param account=abc --slurm-param qos=high")
+    p.add_argument("--device", default="auto", help="device inside each job (default: cuda when present)")
+    p.add_argument("--status", action="store_true", help="only show done / running / queued / failed per unit")
+    p.add_argument("--dry-run", action="store_true", help="show what would be submitted, submit nothing")
+    p.add_argument("--wait", action="store_true", help="wait until every unit is done or failed")
+    p.set_defaults(func=cmd_submit)
     add_bench_parser(sub)
     add_device_check_parser(sub)
     return parser

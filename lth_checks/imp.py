@@ -404,6 +404,8 @@ def train_group_in_entries(entries: Sequence[Entry], checkpoint_name: str, templ
     for at, members in sorted(cohorts.items()):
         if at != start:
             log(f"{label}: {len(members)} replica(s) resuming from checkpoints at iteration {at}")
+        for i in members:
+            entries[i].record_training(checkpoint_name, start, end, None if at == start else at)
 
         def on_checkpoint(ckpts: list[Checkpoint | None], members: list[int] = members) -> None:
             for i, ckpt in zip(members, ckpts):
@@ -440,6 +442,7 @@ def train_in_entry(entry: Entry, checkpoint_name: str, model: PrunableModel, mas
     if entry.has_tensors(checkpoint_name):
         resume = tensors_to_checkpoint(*entry.read_tensors(checkpoint_name, next(model.parameters()).device))
         log(f"{label}: resuming from checkpoint at iteration {resume.iteration}")
+    entry.record_training(checkpoint_name, start, end, resume.iteration if resume else None)
     bar = _progress_bar(progress, end - start, label, resume.iteration - start if resume else 0)
 
     def on_progress(done: int) -> None:

@@ -55,11 +55,17 @@ class Job:
     shared_with: str | None = None  # a job whose result this one reuses: no cost of its own
     cached: bool = False
     note: str = ""
+    lineage: str = ""  # key of the IMP lineage the job reads or produces (the unit of cluster submission)
     done: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+    # what produces the job's result through the ordinary cached code (None: produced by the claim itself)
+    run: Callable[[], object] | None = field(default=None, repr=False, compare=False)
+    # (experiment, spec) of a branch training, so that `run_jobs` can train a unit's branches together
+    branch: tuple | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        del d["done"]
+        for name in ("done", "run", "branch"):
+            del d[name]
         return d
 
 
@@ -183,14 +189,15 @@ class _Builder:
         recipe, k = cfg.recipe, cfg.rewind_iteration
         if k > 0:
             self.plan.add(Job(_rewind_id(exp), "pretrain", f"{_lineage_name(exp)}: pretrain to k", [claim], [],
-                              iterations=k, group=f"pretrain {recipe} k={k}",
-                              done=lambda e=exp: e.entry.has_tensors("rewind")))
+                              iterations=k, group=f"pretrain {recipe} k={k}", lineage=exp.key,
+                              done=lambda e=exp: e.entry.has_tensors("rewind"), run=lambda e=exp: e.rewind_state()))
             deps = [_rewind_id(exp)]
         for level in range(last + 1):
             self.plan.add(Job(_level_id(exp, level), "level", f"{_lineage_name(exp)}: level {level}", [claim],
                               deps + ([_level_id(exp, level - 1)] if level else []),
                               iterations=cfg.train.iterations - k, images=_evaluation_images(exp),
-                              group=f"level {recipe} k={k} L={level}", done=lambda e=exp, lv=level: e.is_done(lv)))
+                              group=f"level {recipe} k={k} L={level}", lineage=exp.key,
+                              done=lambda e=exp, lv=level: e.is_done(lv), run=lambda e=exp, lv=level: e.run(lv)))
 
     def branch(self, exp: Experiment, spec: BranchSpec, claim: str, group: str | None) -> Job:
         b = Branch(exp, spec)
@@ -198,11 +205,12 @@ class _Builder:
         deps = [_level_id(exp, spec.level)] + ([_rewind_id(exp)] if cfg.rewind_iteration else [])
         job = Job(f"branch/{b.entry.key}", spec.kind, f"{_lineage_name(exp)}: {spec.label}", [claim], deps,
                   iterations=cfg.train.iterations - cfg.rewind_iteration, images=_evaluation_images(exp),
-                  group=group, done=b.is_done)
+                  group=group, lineage=exp.key, done=b.is_done, run=b.result, branch=(exp, spec))
         shared = _imp_level_reused(exp, spec, self.ctx.last_level())
         if shared is not None:  # issue 10: the p = 0.2 magnitude one-shot is IMP level L+1
             job.shared_with, job.iterations, job.images, job.group = _level_id(exp, shared), 0, 0, None
             job.deps, job.done = [_level_id(exp, shared)], (lambda e=exp, lv=shared: e.is_done(lv))
+            job.run, job.branch = (lambda e=exp, lv=shared: e.run(lv)), None
         return self.plan.add(job)
 
     def branches(self, exp: Experiment, specs: list[BranchSpec], claim: str, name: str) -> list[Job]:
@@ -218,7 +226,8 @@ class _Builder:
                 label: str, **cost) -> Job:
         entry = measure_entry(exp, fn, *args)
         return self.plan.add(Job(f"measure/{entry.key}", what, f"{_lineage_name(exp)}: {label}",
-                                 [claim], deps, done=lambda en=entry: en.has_json("result.json"), **cost))
+                                 [claim], deps, lineage=exp.key, done=lambda en=entry: en.has_json("result.json"),
+                                 run=lambda: fn(exp, *args), **cost))
 
     def successive(self, exp: Experiment, level: int, claim: str) -> None:
         self.measure(exp, "path", suite.successive_barrier, (level, self.s), claim,
@@ -227,6 +236,13 @@ class _Builder:
 
     def branch_path(self, exp: Experiment, spec: BranchSpec, claim: str) -> None:
         b = Branch(exp, spec)
+        if _imp_level_reused(exp, spec, self.ctx.last_level()) is not None:
+            # the branch is IMP's next level: its path is the successive path, read from that job
+            self.successive(exp, spec.level, claim)
+            successive = measure_entry(exp, suite.successive_barrier, spec.level, self.s)
+            self.measure(exp, "path", suite.branch_barrier, (spec, self.s), claim,
+                         [f"measure/{successive.key}"], f"path to {spec.label} (the successive path)")
+            return
         self.measure(exp, "path", suite.branch_barrier, (spec, self.s), claim,
                      [_level_id(exp, spec.level), f"branch/{b.entry.key}"], f"path to {spec.label}",
                      images=_path_images(exp, self.s))
@@ -246,14 +262,10 @@ class _Builder:
 
 
 def _imp_level_reused(exp: Experiment, spec: BranchSpec, last: int) -> int | None:
-    """The IMP level a one-shot branch is identical to: pruning p = prune.fraction of w_L by the
-    lineage's own magnitude strategy and retraining from w_k in the lineage's data order is how
-    IMP makes level L+1 (issue 10: counted as shared, not trained again)."""
-    prune = exp.config.prune
-    if (spec.kind == "oneshot" and spec.fraction == prune.fraction and spec.strategy == prune.strategy
-            and prune.strategy.startswith("magnitude") and spec.data_seed is None and spec.level + 1 <= last):
-        return spec.level + 1
-    return None
+    """The IMP level a branch is the same experiment as (`Branch.imp_level`: read, not trained),
+    when the lineage's plan reaches it."""
+    level = Branch(exp, spec).imp_level
+    return level if level is not None and level <= last else None
 
 
 def claims_plan(ctx: ClaimContext) -> Plan:
@@ -302,10 +314,12 @@ def claims_plan(ctx: ClaimContext) -> Plan:
             deps = [_level_id(exp, level) for level in range(last + 1)]
             late_note = "key decided at run time (depends on which levels match)"
             plan.add(Job(f"branch/claim3d-{exp.key}", "oneshot", f"{_lineage_name(exp)}: claim-3d one-shot of level 0",
-                         ["3d"], deps, iterations=exp.config.train.iterations - exp.config.rewind_iteration,
+                         ["3d"], deps, lineage=exp.key,
+                         iterations=exp.config.train.iterations - exp.config.rewind_iteration,
                          images=_evaluation_images(exp), note=late_note))
             plan.add(Job(f"measure/claim3d-{exp.key}", "path", f"{_lineage_name(exp)}: claim-3d one-shot path", ["3d"],
-                         [_level_id(exp, 0), f"branch/claim3d-{exp.key}"], images=_path_images(exp, b.s),
+                         [_level_id(exp, 0), f"branch/claim3d-{exp.key}"], lineage=exp.key,
+                         images=_path_images(exp, b.s),
                          note=late_note))
         # claim 4: weight statistics of levels 0..last-2 and the no-retraining chain from level 1
         steps, start = int(T.CHAIN_STEPS.value), 1
@@ -321,6 +335,46 @@ def claims_plan(ctx: ClaimContext) -> Plan:
                           images=steps * _evaluation_images(exp))
     plan.refresh()
     return plan
+
+
+def run_jobs(plan: Plan, job_ids: Iterable[str], log: Callable[[str], None] = lambda msg: None) -> list[str]:
+    """Produce the listed jobs through the ordinary cached code, in the order given; return those run.
+
+    Jobs already cached are skipped; branch trainings of one lineage go to `train_together` in one
+    call (replicas side by side, as the claims train them); everything waits on the cache's locks,
+    so a job another process is producing is read, not trained twice.
+    """
+    from .measure.branches import train_together
+
+    jobs = [plan.jobs[i] for i in job_ids]
+    todo = [j for j in jobs if not (j.done and j.done())]
+    by_lineage: dict[str, tuple] = {}
+    for j in todo:
+        if j.branch is not None:
+            exp, spec = j.branch
+            by_lineage.setdefault(exp.key, (exp, []))[1].append(spec)
+    ran = []
+    for j in todo:
+        if j.branch is not None and j.branch[0].key in by_lineage:
+            exp, specs = by_lineage.pop(j.branch[0].key)
+            log(f"training {len(specs)} branch(es) of {_lineage_name(exp)} together")
+            train_together(exp, specs)
+        if j.done and j.done():
+            ran.append(j.id)
+            continue
+        if j.run is None:
+            log(f"skipped {j.id} ({j.label}): {j.note or 'produced by its claim, not by a job'}")
+            continue
+        log(f"running {j.id} ({j.label})")
+        j.run()
+        ran.append(j.id)
+    return ran
+
+
+def unit_seconds(plan: Plan, tp: Throughput, job_ids: Iterable[str]) -> float:
+    """Estimated device seconds of what is left of the listed jobs."""
+    per_job = job_seconds(plan, tp)
+    return sum(per_job.get(i, 0.0) for i in job_ids)
 
 
 # ----------------------------------------------------------------------------------------- time

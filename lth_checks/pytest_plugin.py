@@ -64,7 +64,8 @@ def _worker_device(requested: str) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     for line in ("gpu: needs a CUDA device; skipped with the reason where none is present",
-                 "slow: takes minutes on a CPU", "paper: runs at the paper's scale (GPU hours)"):
+                 "slow: takes minutes on a CPU", "paper: runs at the paper's scale (GPU hours)",
+                 "slurm: needs a running Slurm cluster (bash .ci/slurm-up.sh starts a one-node one as root)"):
         config.addinivalue_line("markers", line)
     opt = config.option
     try:  # bad names and settings stop the run with one line, before anything is collected

@@ -6,16 +6,25 @@ import hashlib
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
-import filelock
 import pytest
 import torch
+from conftest import REPO_ROOT
 
 from lth_checks.config import SCHEMA_VERSION, content_hash
 from lth_checks.errors import CacheError
 from lth_checks.pruning import prune
-from lth_checks.store import ENV_CACHE_DIR, Store, atomic_write_bytes, atomic_write_json, default_cache_dir
+from lth_checks.store import (
+    ENV_CACHE_DIR,
+    LeaseLock,
+    LockTimeout,
+    Store,
+    atomic_write_bytes,
+    atomic_write_json,
+    default_cache_dir,
+)
 
 KEY = {"model": "mlp", "seed": 0, "hidden": [8, 4]}
 
@@ -237,7 +246,7 @@ def test_lock_is_reentrant_within_an_entry_and_exclusive_across_entries(store: S
             assert lock.is_locked
             # Another holder (another Entry, as another process would have) cannot take it.
             other = Store(store.root).entry("imp", KEY).lock(timeout=0.05)
-            with pytest.raises(filelock.Timeout):
+            with pytest.raises(LockTimeout):
                 other.acquire()
         assert lock.is_locked
     assert not lock.is_locked
@@ -262,3 +271,72 @@ def test_lock_blocks_another_thread_until_released(store: Store) -> None:
     entry.lock().release()
     t.join(10)
     assert order == ["holder releases", "contender"]
+
+
+# --- lease locks (shared filesystems, dead holders) -----------------------------------------
+
+
+def _write_lock_file(path: Path, **record) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": "vm", "pid": 1, "start": "", "token": "x", **record}))
+
+
+def test_a_lock_left_by_a_dead_process_on_this_host_is_broken(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path = tmp_path / "e.lock"
+    _write_lock_file(path, host=socket.gethostname(), pid=int(dead.stdout))
+    lock = LeaseLock(path, timeout=5)
+    assert lock.is_stale()
+    with lock:
+        assert lock.holder()["pid"] == os.getpid()
+    assert not path.exists()
+
+
+def test_a_lock_of_another_host_is_kept_while_renewed_and_broken_once_its_lease_expires(tmp_path: Path) -> None:
+    path = tmp_path / "e.lock"
+    _write_lock_file(path, host="some-other-node", pid=12345)
+    lock = LeaseLock(path, timeout=0.2, ttl_s=30)
+    assert not lock.is_stale()
+    with pytest.raises(LockTimeout, match="some-other-node"):
+        lock.acquire()
+    old = time.time() - 31
+    os.utime(path, (old, old))  # the other node stopped renewing 31 s ago
+    assert lock.is_stale()
+    with lock:
+        assert lock.holder()["host"] != "some-other-node"
+
+
+def test_a_held_lease_is_renewed(tmp_path: Path) -> None:
+    lock = LeaseLock(tmp_path / "e.lock", ttl_s=6)  # renewed every second
+    with lock:
+        old = time.time() - 5
+        os.utime(lock.path, (old, old))
+        time.sleep(2.5)
+        assert time.time() - lock.path.stat().st_mtime < 3
+        assert not LeaseLock(lock.path, ttl_s=6).is_stale()
+
+
+def test_a_killed_holder_process_leaves_a_lock_the_next_process_takes(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "e.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from lth_checks.store import LeaseLock\n"
+        f"LeaseLock({str(path)!r}).acquire(); print('held', flush=True); time.sleep(600)")],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockTimeout):
+            LeaseLock(path, timeout=0.3).acquire()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        with LeaseLock(path, timeout=5) as lock:
+            assert lock.holder()["pid"] == os.getpid()
+    finally:
+        holder.kill()
