@@ -42,6 +42,7 @@ class ScalePlan:
     path_points: int
     hessian_k: int | None = None  # per-scale measurement settings; None: MeasureSettings' default
     density_probes: int | None = None  # SLQ probes of the Hessian's bulk; None: MeasureSettings' default
+    hessian_examples: int | None = None  # training examples of the Hessian; None: MeasureSettings' default
     # The paper's premise this scale meets (text; the "cpu" scale states and checks instability at
     # initialisation here). Empty: the scale does not meet it, and `regime` says what it tests instead.
     premise: str = ""
@@ -63,7 +64,7 @@ PLANS = {
                        regime=SMOKE_REGIME),
     # sized to one 8-minute H100 command by `lth-checks plan` (issue 10; README "The small scale")
     "small": ScalePlan(("small",), replicates=2, levels=8, branch_levels=(1, 3, 5, 7), path_points=11,
-                       hessian_k=10),
+                       hessian_k=10, hessian_examples=2048),
     "paper": ScalePlan(("cifar10_resnet20",), replicates=3, levels=16,
                        branch_levels=(0, 2, 4, 6, 8, 10, 12, 14), path_points=30),
 }
@@ -117,7 +118,8 @@ class ClaimContext:
 
     @property
     def settings(self) -> suite.MeasureSettings:
-        extra = {k: v for k in ("hessian_k", "density_probes") if (v := getattr(self.plan, k)) is not None}
+        names = ("hessian_k", "density_probes", "hessian_examples")
+        extra = {k: v for k in names if (v := getattr(self.plan, k)) is not None}
         return suite.MeasureSettings(path=PathSettings(points=self.plan.path_points), **extra)
 
     def experiment(self, recipe: str, rewind: int, seed: int) -> Experiment:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import thresholds as T
 from .errors import ConfigError, LthError
-from .evidence import ClaimContext, claim2_branch_specs, claim3_branch_specs
+from .evidence import ClaimContext, claim2_branch_specs, claim3_branch_specs, claim3d_target
 from .imp import Experiment
 from .measure import suite
 from .measure.branches import Branch, BranchSpec
@@ -164,6 +164,21 @@ def _hessian_images(exp: Experiment, s: suite.MeasureSettings) -> int:
 
 # ----------------------------------------------------------------------------------------- the plan
 
+INPUTS = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10),
+          "cifar100": ((3, 32, 32), 100), "imagenet": ((3, 224, 224), 1000)}
+
+
+def _model_of(exp: Experiment):
+    """The lineage's architecture on the CPU without loading its data (for counting weights)."""
+    from .models import build_model
+
+    shape, classes = INPUTS[exp.config.data.dataset]
+    resolution = getattr(exp.config.data, "resolution", None)
+    if resolution:
+        shape = (shape[0], resolution, resolution)
+    return build_model(exp.config.model, shape, classes, seed=0)
+
+
 def _lineage_name(exp: Experiment) -> str:
     return f"{exp.config.recipe} k={exp.config.rewind_iteration} seed {exp.config.seed}"
 
@@ -226,8 +241,25 @@ class _Builder:
                 label: str, **cost) -> Job:
         entry = measure_entry(exp, fn, *args)
         return self.plan.add(Job(f"measure/{entry.key}", what, f"{_lineage_name(exp)}: {label}",
-                                 [claim], deps, lineage=exp.key, done=lambda en=entry: en.has_json("result.json"),
+                                 [claim], deps, lineage=exp.key,
+                                 done=lambda en=entry: en.has_json("result.json") or en.has_tensors("correct"),
                                  run=lambda: fn(exp, *args), **cost))
+
+    def level_correct(self, exp: Experiment, level: int, claim: str) -> None:
+        self.measure(exp, "correct", suite.level_correct, (level,), claim, [_level_id(exp, level)],
+                     f"correctness of level {level}", images=_evaluation_images(exp))
+
+    def successive_correct(self, exp: Experiment, level: int, claim: str) -> None:
+        self.measure(exp, "path", suite.successive_path_correct, (level, self.s), claim,
+                     [_level_id(exp, level), _level_id(exp, level + 1)], f"path level {level} -> {level + 1}",
+                     images=_path_images(exp, self.s))
+
+    def branch_path_correct(self, exp: Experiment, spec: BranchSpec, claim: str) -> None:
+        reused = _imp_level_reused(exp, spec, self.ctx.last_level())
+        deps = [_level_id(exp, spec.level), _level_id(exp, reused) if reused is not None
+                else f"branch/{Branch(exp, spec).entry.key}"]
+        self.measure(exp, "path", suite.branch_path_correct, (spec, self.s), claim, deps, f"path to {spec.label}",
+                     images=_path_images(exp, self.s))
 
     def successive(self, exp: Experiment, level: int, claim: str) -> None:
         self.measure(exp, "path", suite.successive_barrier, (level, self.s), claim,
@@ -280,24 +312,26 @@ def claims_plan(ctx: ClaimContext) -> Plan:
                         + (f"; --set {' '.join(ctx.overrides)}" if ctx.overrides else ""))
     for recipe in ctx.recipe_names():
         late = ctx.late_rewind(recipe)
-        # claim 1 (and the protocol test): every lineage, successive paths at every level
+        # claim 1 (and the protocol test): every lineage; per-example correctness of every level and
+        # of the successive path at every level
         for rewind in ctx.rewinds_for(recipe):
             for seed in range(ctx.n_replicates()):
                 exp = ctx.experiment(recipe, rewind, seed)
                 b.lineage(exp, "1")
+                for level in range(last + 1):
+                    b.level_correct(exp, level, "1")
                 for level in range(last):
-                    b.successive(exp, level, "1")
-        # claim 2: SGD-noise twins and perturbations at the branch levels of every rewind
+                    b.successive_correct(exp, level, "1")
+        # claim 2: SGD-noise twins and perturbations at the branch levels of every rewind, read as
+        # per-example correctness along their paths
         for rewind in ctx.rewinds_for(recipe):
             for seed in range(ctx.n_replicates()):
                 exp = ctx.experiment(recipe, rewind, seed)
                 specs = claim2_branch_specs(ctx, exp)
                 b.branches(exp, specs, "2", "claim 2 branches")
                 for spec in specs:
-                    b.branch_path(exp, spec, "2")
-                for level in levels:
-                    b.successive(exp, level, "2")
-        # claim 3 a-c: one-shot prunes, Hessians and direction curvature at the late rewind
+                    b.branch_path_correct(exp, spec, "2")
+        # claim 3 a-c: one-shot prunes with their paths, Hessians and direction curvature at the late rewind
         for seed in range(ctx.n_replicates()):
             exp = ctx.experiment(recipe, late, seed)
             specs = claim3_branch_specs(ctx, exp)
@@ -307,21 +341,19 @@ def claims_plan(ctx: ClaimContext) -> Plan:
             for level in levels:
                 b.hessian(exp, level, "3")
                 b.curvature(exp, level, "3")
-        # claim 3d: a one-shot of the dense solution to the sparsest matching IMP level's density;
-        # which level that is depends on the results, so its key is known only once they are
-        for seed in range(ctx.n_replicates()):
-            exp = ctx.experiment(recipe, late, seed)
-            deps = [_level_id(exp, level) for level in range(last + 1)]
-            late_note = "key decided at run time (depends on which levels match)"
-            plan.add(Job(f"branch/claim3d-{exp.key}", "oneshot", f"{_lineage_name(exp)}: claim-3d one-shot of level 0",
-                         ["3d"], deps, lineage=exp.key,
-                         iterations=exp.config.train.iterations - exp.config.rewind_iteration,
-                         images=_evaluation_images(exp), note=late_note))
-            plan.add(Job(f"measure/claim3d-{exp.key}", "path", f"{_lineage_name(exp)}: claim-3d one-shot path", ["3d"],
-                         [_level_id(exp, 0), f"branch/claim3d-{exp.key}"], lineage=exp.key,
-                         images=_path_images(exp, b.s),
-                         note=late_note))
-        # claim 4: weight statistics of levels 0..last-2 and the no-retraining chain from level 1
+        # claim 3d: the dense solution pruned in one shot to the IMP level nearest the fixed target density
+        # (known from counts before training: evidence.claim3d_target)
+        if last >= 1:
+            for seed in range(ctx.n_replicates()):
+                exp = ctx.experiment(recipe, late, seed)
+                target, _, spec = claim3d_target(ctx, _model_of(exp), exp.config.prune)
+                b.branches(exp, [spec], "3d", "claim 3d one-shot")
+                b.level_correct(exp, target, "3d")
+                b.measure(exp, "correct", suite.branch_correct, (spec,), "3d",
+                          [f"branch/{Branch(exp, spec).entry.key}"], f"correctness of {spec.label}",
+                          images=_evaluation_images(exp))
+        # claim 4: weight statistics of levels 0..last-2, the no-retraining chain from level 1, and the
+        # correctness of the chain's end and of IMP's projection at the same density
         steps, start = int(T.CHAIN_STEPS.value), 1
         if last >= start + steps + 1:
             for seed in range(ctx.n_replicates()):
@@ -331,8 +363,13 @@ def claims_plan(ctx: ClaimContext) -> Plan:
                               [_level_id(exp, level), _level_id(exp, level + 1)], f"weight statistics level {level}",
                               images=_evaluation_images(exp))
                 b.measure(exp, "chain", suite.no_retraining, (start, steps), "4", [_level_id(exp, start)],
-                          f"no-retraining chain from level {start}",
-                          images=steps * _evaluation_images(exp))
+                          f"no-retraining chain from level {start}", images=steps * _evaluation_images(exp))
+                b.measure(exp, "correct", suite.chain_correct, (start, steps), "4", [_level_id(exp, start)],
+                          f"correctness of the chain's end from level {start}", images=_evaluation_images(exp))
+                end = start + steps - 1
+                b.measure(exp, "correct", suite.projected_correct, (end,), "4",
+                          [_level_id(exp, end), _level_id(exp, end + 1)], f"correctness of P(w_{end})",
+                          images=_evaluation_images(exp))
     plan.refresh()
     return plan
 
@@ -498,7 +535,8 @@ ROWS = (("IMP pretraining to k", ("pretrain",), False), ("IMP levels", ("level",
         ("one-shot prunes", ("oneshot",), False), ("one-shot = IMP level L+1 (shared)", ("oneshot",), True),
         ("path evaluations", ("path",), None), ("Hessians", ("hessian",), None),
         ("direction curvatures", ("curvature",), None), ("weight statistics", ("weights",), None),
-        ("no-retraining chains", ("chain",), None))
+        ("no-retraining chains", ("chain",), None),
+        ("correctness bits", ("correct",), None))
 
 
 def totals(plan: Plan, tp: Throughput) -> Totals:
