@@ -25,7 +25,11 @@ from .measure.connectivity import PathResult, PathSettings
 from .recipes import get_recipe, recipe_config
 from .store import Store
 
-SCALES = ("smoke", "small", "paper")
+SCALES = ("smoke", "cpu", "small", "paper")
+
+# The regime the claims are about (Frankle et al., LMC, ICML 2020): trained from its initialisation
+# (k = 0) the network is unstable to SGD noise, rewound to the late rewind point it is stable.
+REGIME_PREMISE = "instability at k = 0, stability at the late rewind"
 
 
 @dataclass(frozen=True)
@@ -37,13 +41,18 @@ class ScalePlan:
     levels: int  # last IMP level
     branch_levels: tuple[int, ...]  # levels that get perturbation / one-shot branches and Hessians
     path_points: int
+    premise: str = ""  # the regime the scale must be in for its verdicts to count ("" = none checked)
 
 
 PLANS = {
     "smoke": ScalePlan(("smoke",), replicates=2, levels=15, branch_levels=(0, 4, 8, 12), path_points=11),
-    "small": ScalePlan(("small",), replicates=2, levels=10, branch_levels=(0, 3, 6, 9), path_points=11),
+    # Sized to finish from a cold cache in under an hour on 2 CPU cores (issue 13; timings in the README).
+    "cpu": ScalePlan(("cpu",), replicates=3, levels=6, branch_levels=(0, 3), path_points=11,
+                     premise=REGIME_PREMISE),
+    "small": ScalePlan(("small",), replicates=2, levels=10, branch_levels=(0, 3, 6, 9), path_points=11,
+                       premise=REGIME_PREMISE),
     "paper": ScalePlan(("cifar10_resnet20",), replicates=3, levels=16,
-                       branch_levels=(0, 2, 4, 6, 8, 10, 12, 14), path_points=30),
+                       branch_levels=(0, 2, 4, 6, 8, 10, 12, 14), path_points=30, premise=REGIME_PREMISE),
 }
 
 
@@ -63,6 +72,7 @@ class ClaimContext:
     cache_only: bool = False
     log: Callable[[str], None] = field(default=lambda msg: None)
     _experiments: dict = field(default_factory=dict, repr=False, compare=False)
+    _premises: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def plan(self) -> ScalePlan:
@@ -108,12 +118,94 @@ class ClaimContext:
                                                 allow_training=not self.cache_only)
         return self._experiments[key]
 
+    def premise(self, recipe: str) -> dict:
+        """The scale's premise checked on `recipe` (cached per run): SGD-noise barriers at level 0."""
+        if recipe not in self._premises:
+            self._premises[recipe] = check_premise(self, recipe)
+        return self._premises[recipe]
+
+    def premise_gate(self, outcome: dict, tau_pp: float | None = None) -> V.Verdict | None:
+        """INCONCLUSIVE "premise not met" when the scale's premise fails at `tau_pp` (default tau), else
+        None: claim functions call it before deciding (`ctx.premise_gate(outcome, tau) or rule(tau)`), and
+        it records the check in the outcome."""
+        if not self.plan.premise:
+            return None
+        tau = float(T.BARRIER_TAU_PP.value) if tau_pp is None else float(tau_pp)
+        check = self.premise(outcome["recipe"])
+        outcome["premise"] = check
+        met = premise_met(check, tau)
+        if met is True:
+            return None
+        why = "undetermined: an interval straddles tau" if met is None else "a barrier is on the wrong side of tau"
+        return V.Verdict(V.INCONCLUSIVE, f"premise not met ({self.plan.premise}) at tau = {tau:g} pp: {why}; "
+                                         f"{premise_summary(check)}")
+
     def lineages(self, recipe: str, rewind: int) -> list[Experiment]:
         """The replicates of one recipe and rewind, trained side by side where the cache lacks them."""
         exps = [self.experiment(recipe, rewind, seed) for seed in range(self.n_replicates())]
         if not self.cache_only:
             run_together(exps, self.last_level())
         return exps
+
+
+# ------------------------------------------------------------------------------------- premise
+
+def barrier_interval_pp(paths: list[PathResult], test_examples: int, confidence: float = 0.95) -> dict:
+    """Mean test-error barrier (pp) over replicates with its interval.
+
+    Interim rule until the paired bootstrap over test examples (issue 9) lands, kept in this one
+    function so it can switch: the Student-t interval over the replicates' barriers, widened on each
+    side by the per-path resolution (one test example, 100 / test_examples pp). Bounds are None with
+    fewer than two replicates (then nothing is resolved).
+    """
+    ci = V.mean_ci([_pp(p.barrier_test) for p in paths], confidence)
+    resolution = 100.0 / test_examples
+    lo = None if ci["lo"] is None else ci["lo"] - resolution
+    hi = None if ci["hi"] is None else ci["hi"] + resolution
+    return {**ci, "lo": lo, "hi": hi, "resolution_pp": resolution, "method": "student-t over replicates "
+            "+ one test example per path (interim)", "values": [_pp(p.barrier_test) for p in paths]}
+
+
+def premise_row(ctx: ClaimContext, recipe: str, rewind: int) -> dict:
+    """The SGD-noise barrier at level 0 from w_k (k = `rewind`) over the replicates, with its interval:
+    each replicate's level-0 solution against a copy trained from the same w_k with another data order
+    (LMC's instability test; the same branches Claim 2 uses)."""
+    s = ctx.settings
+    exps = [ctx.experiment(recipe, rewind, seed) for seed in range(ctx.n_replicates())]
+    if not ctx.cache_only:
+        run_together(exps, 0)
+        for e in exps:
+            train_together(e, [suite.sgd_noise_spec(e, 0, s)])
+    paths = [PathResult.from_dict(suite.sgd_noise_barrier(e, 0, s)["path"]) for e in exps]
+    return {"rewind": rewind, "level": 0, "barrier_pp": barrier_interval_pp(paths, len(exps[0].dataset.test))}
+
+
+def check_premise(ctx: ClaimContext, recipe: str) -> dict:
+    """The scale's premise on `recipe`: SGD-noise barriers at level 0 for rewind 0 and the late rewind."""
+    late = ctx.late_rewind(recipe)
+    return {"premise": ctx.plan.premise, "unstable_rewind": 0, "stable_rewind": late,
+            "barriers": {str(k): premise_row(ctx, recipe, k) for k in sorted({0, late})}}
+
+
+def premise_met(check: dict, tau_pp: float) -> bool | None:
+    """True when the k = 0 interval lies above tau and the late rewind's below it, False when either
+    mean is on the wrong side, None (undetermined) otherwise."""
+    unstable = check["barriers"][str(check["unstable_rewind"])]["barrier_pp"]
+    stable = check["barriers"][str(check["stable_rewind"])]["barrier_pp"]
+    if unstable["mean"] <= tau_pp or stable["mean"] >= tau_pp:
+        return False
+    if unstable["lo"] is None or stable["hi"] is None:
+        return None
+    return True if unstable["lo"] > tau_pp and stable["hi"] < tau_pp else None
+
+
+def premise_summary(check: dict) -> str:
+    def fmt(row: dict) -> str:
+        b = row["barrier_pp"]
+        ci = "" if b["lo"] is None else f" [{b['lo']:.2f}, {b['hi']:.2f}]"
+        return f"k = {row['rewind']}: {b['mean']:.2f} pp{ci}"
+
+    return "SGD-noise barrier " + ", ".join(fmt(r) for r in check["barriers"].values())
 
 
 def _base(claim: str, title: str, recipe: str, ctx: ClaimContext, names: list[str]) -> dict:
@@ -194,7 +286,8 @@ def claim1(ctx: ClaimContext, recipe: str) -> dict:
         outcome["measured"] = {"rows": rows}
 
         def rule(tau: float) -> V.Verdict:
-            return V.claim1(pairs, tau, ctx.n_replicates(), required=ctx.required_replicates(recipe))
+            return ctx.premise_gate(outcome, tau) or V.claim1(pairs, tau, ctx.n_replicates(),
+                                                              required=ctx.required_replicates(recipe))
 
         return _finish(outcome, rule(float(T.BARRIER_TAU_PP.value)), V.tau_sweep(rule), started, exps_all)
 
@@ -256,8 +349,9 @@ def claim2(ctx: ClaimContext, recipe: str) -> dict:
         everything = [r["barrier_pp"]["mean"] for r in rows]
 
         def rule(tau: float) -> V.Verdict:
-            return V.claim2(cases, noise, tau, ctx.n_replicates(), all_barriers_pp=everything,
-                            required=ctx.required_replicates(recipe))
+            return ctx.premise_gate(outcome, tau) or V.claim2(cases, noise, tau, ctx.n_replicates(),
+                                                              all_barriers_pp=everything,
+                                                              required=ctx.required_replicates(recipe))
 
         exps = [e for rw in ctx.rewinds_for(recipe) for e in ctx.lineages(recipe, rw)]
         return _finish(outcome, rule(float(T.BARRIER_TAU_PP.value)), V.tau_sweep(rule), started, exps)
@@ -332,6 +426,9 @@ def claim3(ctx: ClaimContext, recipe: str, part: str) -> dict:
         outcome["measured"] = {"rows": rows, "rewind": ctx.late_rewind(recipe)}
 
         def rule(tau: float) -> V.Verdict:
+            gate = ctx.premise_gate(outcome, tau)
+            if gate:
+                return gate
             rs = rows if tau == T.BARRIER_TAU_PP.value else claim3_levels(ctx, recipe, tau)
             if part == "a":  # one point per level (means over seeds), so seeds do not count as evidence
                 levels = sorted({r["level"] for r in rs})
@@ -365,7 +462,8 @@ def _claim3d(ctx: ClaimContext, recipe: str, outcome: dict, exps: list[Experimen
         "target sparsity: the sparsest IMP level whose mean error is matching (ours)"]
     if not matching_levels:
         outcome["measured"] = {"dense_error_pp": dense, "eps_pp": eps, "imp_error_pp": imp_err}
-        return _finish(outcome, V.claim3d(False, False, exps[0].result(1).density), None, started, exps)
+        verdict = ctx.premise_gate(outcome) or V.claim3d(False, False, exps[0].result(1).density)
+        return _finish(outcome, verdict, None, started, exps)
     target = max(matching_levels)
     density = exps[0].result(target).density
     # The fraction applies to the weights the strategy ranks, so excluded layers (a dense output
@@ -379,8 +477,9 @@ def _claim3d(ctx: ClaimContext, recipe: str, outcome: dict, exps: list[Experimen
     outcome["measured"] = {"target_level": target, "density": density, "dense_error_pp": dense, "eps_pp": eps,
                            "imp_error_pp": imp_err[target], "oneshot_error_pp": shot_err,
                            "imp_error_by_level_pp": {str(k): v["mean"] for k, v in imp_err.items()}}
-    verdict = V.with_replicates(V.claim3d(True, shot_err["mean"] <= dense + eps, density), ctx.n_replicates(),
-                                ctx.required_replicates(recipe))
+    verdict = ctx.premise_gate(outcome) or V.with_replicates(V.claim3d(True, shot_err["mean"] <= dense + eps,
+                                                                       density), ctx.n_replicates(),
+                                                             ctx.required_replicates(recipe))
     return _finish(outcome, verdict, None, started, exps)
 
 
@@ -430,7 +529,8 @@ def claim4(ctx: ClaimContext, recipe: str) -> dict:
             "chain": chain_rows[0], "chain_replicates": chain_rows,
             "per_replicate": [dict(zip(("chain_error_rise_pp", "imp_error_gap_pp", "chain_length_growth",
                                         "imp_length_growth"), map(float, v))) for v in verdict_inputs]}
-        verdict = V.with_replicates(V.claim4(*map(float, mean)), ctx.n_replicates(), ctx.required_replicates(recipe))
+        verdict = ctx.premise_gate(outcome) or V.with_replicates(V.claim4(*map(float, mean)), ctx.n_replicates(),
+                                                                 ctx.required_replicates(recipe))
         return _finish(outcome, verdict, None, started, exps)
 
     return _diverged(gather, outcome, started)

@@ -34,7 +34,8 @@ _started_key = pytest.StashKey[float]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("lth-checks", "lth-checks claims")
     g.addoption("--scale", choices=SCALES, default="smoke",
-                help="smoke (CPU, embedded digits), small (GPU, CIFAR-10 ResNet-20 short), paper (GPU hours)")
+                help="smoke (CPU, embedded digits, seconds), cpu (CIFAR-10 16x16 ResNet-8, <= 1 h on 2 CPU cores), "
+                     "small (GPU, CIFAR-10 ResNet-20 short), paper (GPU hours)")
     g.addoption("--recipe", action="append", default=[], help=f"run only these recipes ({', '.join(RECIPES)})")
     g.addoption("--rewind", action="append", type=int, default=[], help="rewind iterations (default: the recipe's)")
     g.addoption("--replicates", type=int, help="seeds per configuration (default: the scale's)")
