@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_measure)
     p = sub.add_parser("report", help="rebuild a claims report from the cache, training nothing")
     p.add_argument("--rebuild", metavar="RUN_DIR", help="only re-render reports/<run-id> from its results.json")
-    p.add_argument("--scale", default="smoke", help="smoke, small or paper (as the claims run used)")
+    p.add_argument("--scale", default="smoke", help="smoke, cpu, small or paper (as the claims run used)")
     p.add_argument("--recipe", action="append", default=[], help="recipes (default: the scale's)")
     p.add_argument("--replicates", type=int, help="as the claims run used")
     p.add_argument("--levels", type=int, help="as the claims run used")

@@ -132,6 +132,10 @@ class ClaimContext:
             return None
         tau = float(T.BARRIER_TAU_PP.value) if tau_pp is None else float(tau_pp)
         check = self.premise(outcome["recipe"])
+        if "premise" not in outcome:  # shown in the report with the run's other choices
+            outcome.setdefault("choices", []).append(
+                f"premise of the {self.scale} scale ({self.plan.premise}, at tau = "
+                f"{float(T.BARRIER_TAU_PP.value):g} pp): {premise_summary(check)} (ours: {check['method']})")
         outcome["premise"] = check
         met = premise_met(check, tau)
         if met is True:
@@ -184,6 +188,7 @@ def check_premise(ctx: ClaimContext, recipe: str) -> dict:
     """The scale's premise on `recipe`: SGD-noise barriers at level 0 for rewind 0 and the late rewind."""
     late = ctx.late_rewind(recipe)
     return {"premise": ctx.plan.premise, "unstable_rewind": 0, "stable_rewind": late,
+            "method": "95% Student-t interval over the replicates, widened by one test example",
             "barriers": {str(k): premise_row(ctx, recipe, k) for k in sorted({0, late})}}
 
 

@@ -68,7 +68,8 @@ def _check(unstable: list[float], stable: list[float], test_examples: int = 10_0
                                                                           test_examples)},
             "300": {"rewind": 300, "barrier_pp": evidence.barrier_interval_pp([_path(b) for b in stable],
                                                                               test_examples)}}
-    return {"premise": evidence.REGIME_PREMISE, "unstable_rewind": 0, "stable_rewind": 300, "barriers": rows}
+    return {"premise": evidence.REGIME_PREMISE, "unstable_rewind": 0, "stable_rewind": 300, "barriers": rows,
+            "method": "made up"}
 
 
 def test_every_scale_states_its_premise() -> None:
@@ -104,6 +105,8 @@ def test_gate_turns_claims_inconclusive_when_the_premise_fails(monkeypatch: pyte
     monkeypatch.setattr(evidence, "check_premise", lambda ctx, recipe: checks[recipe])
     outcome = {"recipe": "good"}
     assert ctx.premise_gate(outcome) is None and outcome["premise"] == checks["good"]
+    assert ctx.premise_gate(outcome, 3.0) is None and len(outcome["choices"]) == 1  # stated once in the report
+    assert outcome["choices"][0].startswith("premise of the cpu scale (instability at k = 0")
     outcome = {"recipe": "bad"}
     verdict = ctx.premise_gate(outcome, 2.0)
     assert verdict.verdict == "INCONCLUSIVE" and verdict.summary.startswith("premise not met")
