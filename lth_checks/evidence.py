@@ -46,7 +46,10 @@ class ScalePlan:
 
 PLANS = {
     "smoke": ScalePlan(("smoke",), replicates=2, levels=15, branch_levels=(0, 4, 8, 12), path_points=11),
-    # Sized to finish from a cold cache in under an hour on 2 CPU cores (issue 13; timings in the README).
+    # Sized to finish from a cold cache in under an hour on 2 CPU cores with `-n 2` (issue 13). Measured
+    # here: 42 CPU-s per 936-iteration training, ~8 CPU-s per 11-point path. About 83 trainings' worth of
+    # iterations (IMP: 36, Claim 2 at level 0: 25, Claim 3 at level 0: 20, 3d: 2) and ~100 paths come to
+    # ~75 CPU-minutes before curvature; each further branch level would add ~45 trainings and ~66 paths.
     "cpu": ScalePlan(("cpu",), replicates=3, levels=6, branch_levels=(0, 3), path_points=11,
                      premise=REGIME_PREMISE),
     "small": ScalePlan(("small",), replicates=2, levels=10, branch_levels=(0, 3, 6, 9), path_points=11,

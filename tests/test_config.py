@@ -339,7 +339,7 @@ def test_new_data_options_change_the_key_when_set() -> None:
         assert changed.key != base.key
         assert setting.split("=")[0].split(".")[1] in changed.key_dict()["data"]
     cpu = recipe_config("cpu")
-    assert cpu.key_dict()["data"]["resolution"] == 16 and cpu.key_dict()["data"]["train_examples"] == 20_000
+    assert cpu.key_dict()["data"]["resolution"] == 16 and cpu.key_dict()["data"]["train_examples"] == 10_000
     assert from_dict(IMPConfig, cpu.key_dict()).key == cpu.key  # the stored form rebuilds the same key
 
 
