@@ -1,9 +1,10 @@
 """The scales' premise: the paper's regime (unstable at rewind 0, stable at the late rewind).
 
-The real-data tests train the cpu recipe's level 0 and SGD-noise twins (3 replicates, both rewinds:
-12 trainings, a few minutes on 2 cores; the two rewinds are separate tests so `-n 2` runs them side
-by side) and check each SGD-noise barrier's interval against tau. They skip with the reason where
-CIFAR-10 is absent. The rest checks the premise logic and the INCONCLUSIVE gate on made-up numbers.
+The real-data tests train the cpu recipe's level 0 and SGD-noise twins (the premise's 5 replicates,
+both rewinds: 20 trainings of 936 or 636 iterations, ~14 CPU-minutes; the two rewinds are separate
+tests so `-n 2` runs them side by side) and check each SGD-noise barrier's interval against tau.
+They skip with the reason where CIFAR-10 is absent. The rest checks the premise logic and the
+INCONCLUSIVE gate on made-up numbers.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def cpu_context(tmp_path: Path) -> ClaimContext:
     if not (root / "cifar-10-batches-py").is_dir():
         pytest.skip(f"the cpu recipe's premise needs CIFAR-10 at {root / 'cifar-10-batches-py'}: "
                     "set LTH_CHECKS_DATA_ROOT")
-    return ClaimContext(scale="cpu", device="cpu", data_root=str(root), cache_dir=str(tmp_path / "cache"))
+    # $LTH_CHECKS_CACHE_DIR when set (fresh in CI; a warm cache re-checks a finished run without training)
+    cache = os.environ.get("LTH_CHECKS_CACHE_DIR") or str(tmp_path / "cache")
+    return ClaimContext(scale="cpu", device="cpu", data_root=str(root), cache_dir=cache)
 
 
 @pytest.mark.slow
