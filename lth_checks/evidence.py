@@ -52,7 +52,7 @@ PLANS = {
     # iterations (IMP: 36, Claim 2 at level 0: 25, Claim 3 at level 0: 20, 3d: 2) and ~100 paths come to
     # ~75 CPU-minutes before curvature; each further branch level would add ~45 trainings and ~66 paths.
     # The premise takes 5 replicates: the k = 0 barrier varies a lot between seeds (pilot: 17.7, 7.9, 6.6 pp,
-    # interval [-4.2, 25.7] over 3 with t = 4.3; with 7.0 and 7.3 pp more: [3.4, 15.2]); 2 more seeds cost 8
+    # interval [-4.3, 25.8] over 3 with t = 4.3; with 7.0 and 7.3 pp more: [3.4, 15.2]); 2 more seeds cost 8
     # trainings of level 0.
     "cpu": ScalePlan(("cpu",), replicates=3, levels=6, branch_levels=(0,), path_points=11,
                      premise=REGIME_PREMISE, premise_replicates=5),
