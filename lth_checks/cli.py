@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-evidence", metavar="ARCHIVE",
                    help="re-decide every verdict with the current rules from a run's evidence.json.gz (or its "
                         "run folder) and write a new report; needs no cache, weights or data")
-    p.add_argument("--scale", default="smoke", help="smoke, small or paper (as the claims run used)")
+    p.add_argument("--scale", default="smoke", help="smoke, cpu, small or paper (as the claims run used)")
     p.add_argument("--recipe", action="append", default=[], help="recipes (default: the scale's)")
     p.add_argument("--replicates", type=int, help="as the claims run used")
     p.add_argument("--levels", type=int, help="as the claims run used")

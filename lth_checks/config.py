@@ -41,12 +41,27 @@ class DataConfig:
     """Which dataset, whether to augment, and the fixed training subset used for evaluation."""
 
     dataset: str = "digits"
-    augment: bool = False  # random crop with 4-pixel padding + horizontal flip, on the device
+    augment: bool = False  # random crop with 4-pixel padding (scaled with `resolution`) + horizontal flip
     eval_train_examples: int = 10_000  # fixed, unaugmented training subset for train error/loss
+    resolution: int = 0  # image side after average pooling (must divide the native side); 0 = native
+    train_examples: int = 0  # fixed, seeded, class-balanced training subset; 0 = the whole training split
 
     def __post_init__(self) -> None:
         _choice(self.dataset, DATASETS, "dataset")
         _check(self.eval_train_examples > 0, "data.eval_train_examples must be positive")
+        _check(self.resolution >= 0, f"data.resolution must be >= 0 (0 = native size), got {self.resolution}")
+        _check(self.train_examples >= 0,
+               f"data.train_examples must be >= 0 (0 = the whole training split), got {self.train_examples}")
+
+    # Fields added after cache keys were pinned, with the value that changes nothing. They are left out
+    # of the canonical (hashed) form at that value, so every configuration that existed before them keeps
+    # its cache key (tests/test_config.py pins some); any other value is part of the key.
+    NO_CHANGE_DEFAULTS: typing.ClassVar[dict[str, Any]] = {"resolution": 0, "train_examples": 0}
+
+    def key_dict(self) -> dict[str, Any]:
+        """The hashed form: every field except those still at their no-change default."""
+        return {k: v for k, v in to_dict(self).items()
+                if not (k in self.NO_CHANGE_DEFAULTS and v == self.NO_CHANGE_DEFAULTS[k])}
 
 
 @dataclass(frozen=True)
@@ -147,6 +162,7 @@ class IMPConfig:
         """What identifies the lineage's results (everything except `levels` and `recipe`)."""
         d = to_dict(self)
         del d["levels"], d["recipe"]
+        d["data"] = self.data.key_dict()
         return d
 
     @property

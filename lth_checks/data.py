@@ -23,6 +23,7 @@ checked: rebuilt, re-ordered copies of the files are valid input.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import functools
 import gzip
 import os
@@ -95,6 +96,10 @@ class Split:
 
     inputs: torch.Tensor
     targets: torch.Tensor
+    # Random-crop padding in pixels for augmented training: 4 at the native size, divided by the
+    # pooling factor when the images were downsampled (2 at 16x16 CIFAR), so a crop shifts the same
+    # share of the image.
+    crop_padding: int = 4
 
     def __post_init__(self) -> None:
         if self.inputs.dim() != 4 or self.targets.dim() != 1:
@@ -112,7 +117,7 @@ class Split:
 
     def to(self, device: str | torch.device) -> Split:
         """The same split with both tensors on ``device``."""
-        return Split(self.inputs.to(device), self.targets.to(device))
+        return Split(self.inputs.to(device), self.targets.to(device), self.crop_padding)
 
     def subset(self, n: int, seed: int) -> Split:
         """A fixed random subset of ``n`` examples (the whole split when ``n >= len(self)``).
@@ -127,8 +132,48 @@ class Split:
             return self
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         chosen = torch.randperm(len(self), generator=generator)[:n].sort().values
+        return self._take(chosen)
+
+    def _take(self, chosen: torch.Tensor) -> Split:
         chosen = chosen.to(self.targets.device)
-        return Split(self.inputs.index_select(0, chosen), self.targets.index_select(0, chosen))
+        return Split(self.inputs.index_select(0, chosen), self.targets.index_select(0, chosen), self.crop_padding)
+
+    def balanced_subset(self, n: int, seed: int, num_classes: int) -> Split:
+        """A fixed, class-balanced subset of ``n`` examples, in their original order.
+
+        Each class gets ``n // num_classes`` examples (the first ``n % num_classes`` classes one
+        more), drawn by a seeded CPU permutation of the class's indices, so the subset is the same
+        on every device. Raises ConfigError when the split has fewer examples of a class than that.
+        """
+        if n < 1 or n > len(self):
+            raise ConfigError(f"data.train_examples must be in [1, {len(self)}] (the training split's size), got {n}")
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        targets = self.targets.cpu()
+        chosen = []
+        for c in range(num_classes):
+            members = (targets == c).nonzero().flatten()
+            want = n // num_classes + (1 if c < n % num_classes else 0)
+            if len(members) < want:
+                raise ConfigError(f"data.train_examples={n} needs {want} examples of class {c}, the training split "
+                                  f"has {len(members)}; choose at most {num_classes * len(members)}")
+            chosen.append(members[torch.randperm(len(members), generator=generator)[:want]])
+        return self._take(torch.cat(chosen).sort().values)
+
+    def downsampled(self, resolution: int) -> Split:
+        """Images average-pooled to ``resolution`` x ``resolution`` (the side must divide the native one).
+
+        Pooling is applied to the normalised images (linear, so per-channel means are unchanged),
+        and the crop padding is divided by the same factor.
+        """
+        side = int(self.inputs.shape[-1])
+        if self.inputs.shape[-2] != side or resolution < 1 or resolution > side or side % resolution:
+            raise ConfigError(f"data.resolution must divide the native image side {side} "
+                              f"(e.g. {side // 2}), got {resolution}")
+        factor = side // resolution
+        if factor == 1:
+            return self
+        pooled = torch.nn.functional.avg_pool2d(self.inputs, factor)
+        return Split(pooled, self.targets, max(1, self.crop_padding // factor))
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,8 +214,16 @@ def load_dataset(
     data_root: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
     download: bool = False,
+    *,
+    resolution: int = 0,
+    train_examples: int = 0,
 ) -> Dataset:
     """Load ``name`` (one of ``DATASETS``) with both splits on ``device``.
+
+    ``resolution`` > 0 average-pools both splits to that side (:meth:`Split.downsampled`);
+    ``train_examples`` > 0 keeps a fixed class-balanced training subset of that size
+    (:meth:`Split.balanced_subset`, seed ``TRAIN_SUBSET_SEED``); the test split stays whole.
+    0 leaves either unchanged (the data options ``data.resolution`` / ``data.train_examples``).
 
     ``data_root`` is resolved by :func:`resolve_data_root`; ``digits`` ignores it. With
     ``download=True`` missing files are fetched into the root with torchvision (imported only
@@ -184,7 +237,7 @@ def load_dataset(
         raise ConfigError(f"unknown dataset {name!r}: valid names are {', '.join(DATASETS)}")
     device_key = str(torch.device(device))
     if name == "digits":
-        return _load_cached(name, "", device_key)
+        return _derived(name, "", device_key, resolution, train_examples)
     root = resolve_data_root(data_root)
     if root is None:
         raise ConfigError(f"dataset {name!r} needs a data root: {_ROOT_HINT}")
@@ -195,12 +248,39 @@ def load_dataset(
             f"data root {root} does not exist: expected a folder holding the {name} files; "
             f"{_ROOT_HINT} to the right folder"
         )
-    return _load_cached(name, str(root.resolve()), device_key)
+    return _derived(name, str(root.resolve()), device_key, resolution, train_examples)
+
+
+def load_for(data: Any, data_root: str | os.PathLike[str] | None = None,
+             device: str | torch.device = "cpu") -> Dataset:
+    """The dataset a ``DataConfig`` describes: its dataset, resolution and training subset."""
+    return load_dataset(data.dataset, data_root, device, resolution=data.resolution,
+                        train_examples=data.train_examples)
 
 
 def clear_cache() -> None:
     """Forget every dataset cached by :func:`load_dataset` (frees its memory)."""
+    _derived.cache_clear()
     _load_cached.cache_clear()
+
+
+TRAIN_SUBSET_SEED = 0  # fixed: the training subset is part of the data, the same for every lineage
+
+
+@functools.lru_cache(maxsize=4)
+def _derived(name: str, root: str, device: str, resolution: int, train_examples: int) -> Dataset:
+    if resolution < 0 or train_examples < 0:
+        raise ConfigError(f"resolution and train_examples must be >= 0 (0 = unchanged), got {resolution}, "
+                          f"{train_examples}")
+    ds = _load_cached(name, root, device)
+    train, test = ds.train, ds.test
+    if resolution:
+        train, test = train.downsampled(resolution), test.downsampled(resolution)
+    if train_examples:
+        train = train.balanced_subset(train_examples, TRAIN_SUBSET_SEED, ds.num_classes)
+    if train is ds.train and test is ds.test:
+        return ds
+    return dataclasses.replace(ds, train=train, test=test)
 
 
 @functools.lru_cache(maxsize=4)

@@ -28,7 +28,11 @@ from .measure.connectivity import PathResult, PathSettings, barrier, instability
 from .recipes import get_recipe, recipe_config
 from .store import Store
 
-SCALES = ("smoke", "small", "paper")
+SCALES = ("smoke", "cpu", "small", "paper")
+
+# The regime the claims are about (Frankle et al., LMC, ICML 2020): trained from its initialisation
+# (k = 0) the network is unstable to SGD noise, rewound to the late rewind point it is stable.
+REGIME_PREMISE = "instability at k = 0, stability at the late rewind"
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class ScalePlan:
     # The paper's premise this scale meets (text; the "cpu" scale states and checks instability at
     # initialisation here). Empty: the scale does not meet it, and `regime` says what it tests instead.
     premise: str = ""
+    premise_replicates: int = 0  # replicates of the premise check when more than `replicates` (0: the same)
     regime: str = ""  # one line shown above the verdicts in the report and the terminal summary
 
     def regime_line(self) -> str:
@@ -62,11 +67,20 @@ SMOKE_REGIME = ("smoke (digits MLP) is stable to SGD noise from k = 0: it tests 
 PLANS = {
     "smoke": ScalePlan(("smoke",), replicates=2, levels=15, branch_levels=(0, 4, 8, 12), path_points=11,
                        regime=SMOKE_REGIME),
+    # Sized to finish from a cold cache in under an hour on 2 CPU cores with `-n 2` (issue 13). Measured
+    # here: 42 CPU-s per 936-iteration training, ~8 CPU-s per 11-point path. About 83 trainings' worth of
+    # iterations (IMP: 36, Claim 2 at level 0: 25, Claim 3 at level 0: 20, 3d: 2) and ~100 paths come to
+    # ~75 CPU-minutes before curvature; each further branch level would add ~45 trainings and ~66 paths.
+    # The premise takes 5 replicates: the k = 0 barrier varies a lot between seeds (pilot: 17.7, 7.9, 6.6 pp,
+    # interval [-4.3, 25.8] over 3 with t = 4.3; with 7.0 and 7.3 pp more: [3.4, 15.2]); 2 more seeds cost 8
+    # trainings of level 0.
+    "cpu": ScalePlan(("cpu",), replicates=3, levels=6, branch_levels=(0,), path_points=11,
+                     premise=REGIME_PREMISE, premise_replicates=5),
     # sized to one 8-minute H100 command by `lth-checks plan` (issue 10; README "The small scale")
     "small": ScalePlan(("small",), replicates=2, levels=8, branch_levels=(1, 3, 5, 7), path_points=11,
-                       hessian_k=10, hessian_examples=2048),
+                       hessian_k=10, hessian_examples=2048, premise=REGIME_PREMISE),
     "paper": ScalePlan(("cifar10_resnet20",), replicates=3, levels=16,
-                       branch_levels=(0, 2, 4, 6, 8, 10, 12, 14), path_points=30),
+                       branch_levels=(0, 2, 4, 6, 8, 10, 12, 14), path_points=30, premise=REGIME_PREMISE),
 }
 
 
@@ -86,6 +100,7 @@ class ClaimContext:
     cache_only: bool = False
     log: Callable[[str], None] = field(default=lambda msg: None)
     _experiments: dict = field(default_factory=dict, repr=False, compare=False)
+    _premises: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def plan(self) -> ScalePlan:
@@ -133,12 +148,102 @@ class ClaimContext:
                                                 allow_training=not self.cache_only)
         return self._experiments[key]
 
+    def premise_replicates(self) -> int:
+        return max(self.n_replicates(), self.plan.premise_replicates)
+
+    def premise(self, recipe: str) -> dict:
+        """The scale's premise checked on `recipe` (cached per run): SGD-noise barriers at level 0."""
+        if recipe not in self._premises:
+            self._premises[recipe] = check_premise(self, recipe)
+        return self._premises[recipe]
+
+    def premise_gate(self, outcome: dict, tau_pp: float | None = None) -> V.Verdict | None:
+        """INCONCLUSIVE "premise not met" when the scale's premise fails at `tau_pp` (default tau), else
+        None: claim functions call it before deciding (`ctx.premise_gate(outcome, tau) or rule(tau)`), and
+        it records the check in the outcome."""
+        if not self.plan.premise:
+            return None
+        tau = float(T.BARRIER_TAU_PP.value) if tau_pp is None else float(tau_pp)
+        check = self.premise(outcome["recipe"])
+        if "premise" not in outcome:  # shown in the report with the run's other choices
+            outcome.setdefault("choices", []).append(
+                f"premise of the {self.scale} scale ({self.plan.premise}, at tau = "
+                f"{float(T.BARRIER_TAU_PP.value):g} pp): {premise_summary(check)} (ours: {check['method']})")
+        outcome["premise"] = check
+        met = premise_met(check, tau)
+        if met is True:
+            return None
+        why = "undetermined: an interval straddles tau" if met is None else "a barrier is on the wrong side of tau"
+        return V.Verdict(V.INCONCLUSIVE, f"premise not met ({self.plan.premise}) at tau = {tau:g} pp: {why}; "
+                                         f"{premise_summary(check)}")
+
     def lineages(self, recipe: str, rewind: int) -> list[Experiment]:
         """The replicates of one recipe and rewind, trained side by side where the cache lacks them."""
         exps = [self.experiment(recipe, rewind, seed) for seed in range(self.n_replicates())]
         if not self.cache_only:
             run_together(exps, self.last_level())
         return exps
+
+
+# ------------------------------------------------------------------------------------- premise
+
+def barrier_interval_pp(paths: list[PathResult], test_examples: int, confidence: float = 0.95) -> dict:
+    """Mean test-error barrier (pp) over replicates with its interval.
+
+    Interim rule until the paired bootstrap over test examples (issue 9) lands, kept in this one
+    function so it can switch: the Student-t interval over the replicates' barriers, widened on each
+    side by the per-path resolution (one test example, 100 / test_examples pp). Bounds are None with
+    fewer than two replicates (then nothing is resolved).
+    """
+    ci = V.mean_ci([_pp(p.barrier_test) for p in paths], confidence)
+    resolution = 100.0 / test_examples
+    lo = None if ci["lo"] is None else ci["lo"] - resolution
+    hi = None if ci["hi"] is None else ci["hi"] + resolution
+    return {**ci, "lo": lo, "hi": hi, "resolution_pp": resolution, "method": "student-t over replicates "
+            "+ one test example per path (interim)", "values": [_pp(p.barrier_test) for p in paths]}
+
+
+def premise_row(ctx: ClaimContext, recipe: str, rewind: int) -> dict:
+    """The SGD-noise barrier at level 0 from w_k (k = `rewind`) over the replicates, with its interval:
+    each replicate's level-0 solution against a copy trained from the same w_k with another data order
+    (LMC's instability test; the same branches Claim 2 uses)."""
+    s = ctx.settings
+    exps = [ctx.experiment(recipe, rewind, seed) for seed in range(ctx.premise_replicates())]
+    if not ctx.cache_only:
+        run_together(exps, 0)
+        for e in exps:
+            train_together(e, [suite.sgd_noise_spec(e, 0, s)])
+    paths = [PathResult.from_dict(suite.sgd_noise_barrier(e, 0, s)["path"]) for e in exps]
+    return {"rewind": rewind, "level": 0, "barrier_pp": barrier_interval_pp(paths, len(exps[0].dataset.test))}
+
+
+def check_premise(ctx: ClaimContext, recipe: str) -> dict:
+    """The scale's premise on `recipe`: SGD-noise barriers at level 0 for rewind 0 and the late rewind."""
+    late = ctx.late_rewind(recipe)
+    return {"premise": ctx.plan.premise, "unstable_rewind": 0, "stable_rewind": late,
+            "method": "95% Student-t interval over the replicates, widened by one test example",
+            "barriers": {str(k): premise_row(ctx, recipe, k) for k in sorted({0, late})}}
+
+
+def premise_met(check: dict, tau_pp: float) -> bool | None:
+    """True when the k = 0 interval lies above tau and the late rewind's below it, False when either
+    mean is on the wrong side, None (undetermined) otherwise."""
+    unstable = check["barriers"][str(check["unstable_rewind"])]["barrier_pp"]
+    stable = check["barriers"][str(check["stable_rewind"])]["barrier_pp"]
+    if unstable["mean"] <= tau_pp or stable["mean"] >= tau_pp:
+        return False
+    if unstable["lo"] is None or stable["hi"] is None:
+        return None
+    return True if unstable["lo"] > tau_pp and stable["hi"] < tau_pp else None
+
+
+def premise_summary(check: dict) -> str:
+    def fmt(row: dict) -> str:
+        b = row["barrier_pp"]
+        ci = "" if b["lo"] is None else f" [{b['lo']:.2f}, {b['hi']:.2f}]"
+        return f"k = {row['rewind']}: {b['mean']:.2f} pp{ci}"
+
+    return "SGD-noise barrier " + ", ".join(fmt(r) for r in check["barriers"].values())
 
 
 def _base(claim: str, title: str, recipe: str, ctx: ClaimContext, names: list[str]) -> dict:
@@ -280,7 +385,7 @@ def claim1(ctx: ClaimContext, recipe: str) -> dict:
 
     def gather() -> dict:
         ev, exps = claim1_evidence(ctx, recipe)
-        return _decided(outcome, ev, started, exps)
+        return _decided(outcome, ev, started, exps, ctx)
 
     return _diverged(gather, outcome, started)
 
@@ -397,7 +502,7 @@ def claim2(ctx: ClaimContext, recipe: str) -> dict:
 
     def gather() -> dict:
         ev, exps = claim2_evidence(ctx, recipe)
-        return _decided(outcome, ev, started, exps)
+        return _decided(outcome, ev, started, exps, ctx)
 
     return _diverged(gather, outcome, started)
 
@@ -519,7 +624,7 @@ def claim3(ctx: ClaimContext, recipe: str, part: str) -> dict:
         exps = ctx.lineages(recipe, ctx.late_rewind(recipe))
         if part == "d":
             ev = claim3d_evidence(ctx, recipe, exps)
-            return _decided(outcome, ev, started, exps)
+            return _decided(outcome, ev, started, exps, ctx)
         rows = claim3_levels(ctx, recipe, float(T.BARRIER_TAU_PP.value))
         used = sorted({r["hessian_examples"] for r in rows})
         outcome["choices"] = [c.replace(f"{ctx.settings.hessian_examples} training examples",
@@ -528,7 +633,7 @@ def claim3(ctx: ClaimContext, recipe: str, part: str) -> dict:
                               for c in outcome["choices"]]
         ev = {"claim": f"3{part}", "part": part, "rows": rows, "rewind": ctx.late_rewind(recipe),
               "replicates": ctx.n_replicates(), "required": ctx.required_replicates(recipe)}
-        return _decided(outcome, ev, started, exps)
+        return _decided(outcome, ev, started, exps, ctx)
 
     return _diverged(gather, outcome, started)
 
@@ -639,7 +744,7 @@ def claim4(ctx: ClaimContext, recipe: str) -> dict:
               "imp_stats": per_level, "chain_rows": chain_rows,
               "chain": _stack([suite.chain_correct(e, start_level, steps)["test"] for e in exps]),
               "imp_projected": _stack([suite.projected_correct(e, last)["test"] for e in exps])}
-        return _decided(outcome, ev, started, exps)
+        return _decided(outcome, ev, started, exps, ctx)
 
     return _diverged(gather, outcome, started)
 
@@ -676,8 +781,15 @@ def decide(ev: dict) -> tuple[V.Verdict, dict[str, str] | None, dict]:
     return DECIDERS[ev["claim"]](ev)
 
 
-def _decided(outcome: dict, ev: dict, started: float, exps: list[Experiment]) -> dict:
+def _decided(outcome: dict, ev: dict, started: float, exps: list[Experiment], ctx: ClaimContext) -> dict:
+    """Decide from the evidence alone, then let the scale's premise gate the verdict: where the premise
+    fails (or is undetermined) at a tau, the claim is INCONCLUSIVE "premise not met" at that tau."""
     verdict, sweep, measured = decide(ev)
+    gate = ctx.premise_gate(outcome)
+    if gate is not None:
+        verdict = V.Verdict(gate.verdict, f"{gate.summary}; measured: {verdict.summary}", verdict.effect)
+    if sweep:
+        sweep = {tau: V.INCONCLUSIVE if ctx.premise_gate(outcome, float(tau)) else v for tau, v in sweep.items()}
     outcome["measured"] = measured
     outcome["evidence"] = encode(ev)  # packed bits; kept out of results.json, written to evidence.json.gz
     return _finish(outcome, verdict, sweep, started, exps)

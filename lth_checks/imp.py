@@ -19,7 +19,7 @@ from functools import cached_property
 import torch
 
 from .config import IMPConfig
-from .data import Dataset, Split, load_dataset
+from .data import Dataset, Split, load_for
 from .errors import CacheError, ConfigError, DivergenceError
 from .models import PrunableModel, build_model
 from .pruning import Mask, alive_count, apply_mask, dense_mask, excluded_names, prune_model, total_count
@@ -144,7 +144,7 @@ class Experiment:
     # ------------------------------------------------------------------ data and models
     @cached_property
     def dataset(self) -> Dataset:
-        return load_dataset(self.config.data.dataset, self.data_root, self.device)
+        return load_for(self.config.data, self.data_root, self.device)
 
     @cached_property
     def eval_train(self) -> Split:

@@ -34,7 +34,8 @@ _started_key = pytest.StashKey[float]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("lth-checks", "lth-checks claims")
     g.addoption("--scale", choices=SCALES, default="smoke",
-                help="smoke (CPU, embedded digits), small (GPU, CIFAR-10 ResNet-20 short), paper (GPU hours)")
+                help="smoke (CPU, embedded digits, seconds), cpu (CIFAR-10 16x16 ResNet-8, <= 1 h on 2 CPU cores), "
+                     "small (GPU, CIFAR-10 ResNet-20 short), paper (GPU hours)")
     g.addoption("--recipe", action="append", default=[], help=f"run only these recipes ({', '.join(RECIPES)})")
     g.addoption("--rewind", action="append", type=int, default=[], help="rewind iterations (default: the recipe's)")
     g.addoption("--replicates", type=int, help="seeds per configuration (default: the scale's)")
@@ -100,8 +101,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("recipe", list(ctx.recipe_names()), ids=list(ctx.recipe_names()))
 
 
+def _spread_lineage_tests(items: list[pytest.Item]) -> None:
+    """Put each (recipe, rewind) protocol test at the head of its own pair of tests.
+
+    Under `-n 2` xdist first hands each worker 2 consecutive tests; in collection order both
+    protocol tests went to one worker, the other began a claim that needs the same rewind's lineages,
+    and one worker waited on the other's locks. Interleaved, each rewind's lineages start on their
+    own worker (measured on the cpu scale: one worker idle for the whole IMP phase otherwise).
+    """
+    protocol = [i for i in items if "rewind" in getattr(getattr(i, "callspec", None), "params", {})]
+    if len(protocol) < 2:
+        return
+    others = [i for i in items if i not in protocol]
+    order: list[pytest.Item] = []
+    for item in protocol:
+        order += [item] + ([others.pop(0)] if others else [])
+    items[:] = order + others
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     ctx: ClaimContext = config.stash[_context_key]
+    _spread_lineage_tests(items)
     for item in items:
         recipe = getattr(item, "callspec", None) and item.callspec.params.get("recipe")
         if not recipe:

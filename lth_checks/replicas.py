@@ -265,7 +265,7 @@ class _ReplicaBatches:
         index = torch.cat(idx)
         x, y = self.split.inputs[index], self.split.targets[index]
         if self.augment:
-            x = random_crop_flip(x, torch.cat(offsets), torch.cat(flips), BatchStream.PAD)
+            x = random_crop_flip(x, torch.cat(offsets), torch.cat(flips), self.split.crop_padding)
         r = len(self.streams)
         x = with_standard_strides(x)  # a no-op unless a layout slipped through (data.py says why)
         return x.view(r, self.batch_size, *x.shape[1:]), y.view(r, self.batch_size)

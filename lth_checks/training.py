@@ -56,13 +56,14 @@ def random_crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor
 class BatchStream:
     """The batch of any iteration, reproducibly: epoch-wise permutation, full batches only."""
 
-    PAD = 4
+    PAD = 4  # at the native size; a downsampled split carries its own (Split.crop_padding)
 
     def __init__(self, split: Split, batch_size: int, seed: int, augment: bool):
         if len(split) < batch_size:
             raise ConfigError(
                 f"batch size {batch_size} exceeds the {len(split)} training examples; lower train.batch_size")
         self.split, self.batch_size, self.seed, self.augment = split, batch_size, seed, augment
+        self.pad = split.crop_padding
         self.steps_per_epoch = len(split) // batch_size
         self._epoch: int | None = None
 
@@ -72,7 +73,7 @@ class BatchStream:
         self._perm = torch.randperm(n, generator=g).to(device)
         if self.augment:
             count = self.steps_per_epoch * self.batch_size
-            self._offsets = torch.randint(0, 2 * self.PAD + 1, (count, 2), generator=g).to(device)
+            self._offsets = torch.randint(0, 2 * self.pad + 1, (count, 2), generator=g).to(device)
             self._flips = (torch.rand(count, generator=g) < 0.5).to(device)
         self._epoch = epoch
 
@@ -90,7 +91,7 @@ class BatchStream:
         idx, offsets, flips = self.indices(iteration)
         x, y = self.split.inputs[idx], self.split.targets[idx]
         if self.augment:
-            x = random_crop_flip(x, offsets, flips, self.PAD)
+            x = random_crop_flip(x, offsets, flips, self.pad)
         return with_standard_strides(x), y  # a no-op unless a layout slipped through (data.py says why)
 
 

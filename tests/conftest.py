@@ -68,3 +68,10 @@ def tiny_experiment(tiny_config: IMPConfig, store: Store):
     from lth_checks.imp import Experiment
 
     return Experiment(tiny_config, store=store, device="cpu")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `slow` run first (stable order otherwise): under `-n 2` xdist hands out its first
+    batch round-robin, so the minutes-long ones (the premise check, one per rewind) start at once on
+    different workers instead of queueing behind each other at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -35,6 +35,9 @@ SMOKE_KEY = "8225e54b8f327f91"
 DEFAULT_TRAIN_HASH = "4b0247abc038f999"
 DEFAULT_IMP_KEY = "b0b82ab7588507ab"
 EMPTY_HASH = "18f8b0af8ef05583"
+PRE_ISSUE13_KEYS = {"smoke": "8225e54b8f327f91", "small": "a8e78c9e8edf996b", "cifar10_resnet20": "2065732c9a557763",
+                    "cifar10_vgg16": "86f0397ac5f67cb1", "mnist_lenet300": "70f4c12fdc0625da",
+                    "imagenet_resnet50": "23421744b265de8f"}
 DEFAULT_TRAIN_JSON = (
     '{"schema":1,"value":{"batch_size":128,"gamma":0.1,"iterations":1000,"lr":0.1,"milestones":[],'
     '"momentum":0.9,"nesterov":false,"precision":"fp32","warmup_iterations":0,"weight_decay":0.0001}}'
@@ -317,3 +320,33 @@ def test_lr_schedule_imagenet_recipe() -> None:
     assert t.lr_at(0) == pytest.approx(0.4 / (5 * ipe))
     assert t.lr_at(5 * ipe) == pytest.approx(0.4)
     assert t.lr_at(t.iterations - 1) == pytest.approx(0.4e-3)
+
+
+# ----------------------------------------------------------------------------- data options (issue 13)
+
+def test_new_data_options_at_their_default_leave_every_existing_key_alone() -> None:
+    # The hashes pinned above cover smoke and the defaults; these are the other recipes' keys before
+    # data.resolution / data.train_examples existed (computed on main at 9a41fd0).
+    assert "resolution" not in recipe_config("smoke").key_dict()["data"]
+    assert "train_examples" not in IMPConfig().key_dict()["data"]
+    assert {name: recipe_config(name).key for name in PRE_ISSUE13_KEYS} == PRE_ISSUE13_KEYS
+
+
+def test_new_data_options_change_the_key_when_set() -> None:
+    base = recipe_config("small")
+    for setting in ("data.resolution=16", "data.train_examples=20000"):
+        changed = override(base, [setting])
+        assert changed.key != base.key
+        assert setting.split("=")[0].split(".")[1] in changed.key_dict()["data"]
+    cpu = recipe_config("cpu")
+    assert cpu.key_dict()["data"]["resolution"] == 16 and cpu.key_dict()["data"]["train_examples"] == 10_000
+    assert from_dict(IMPConfig, cpu.key_dict()).key == cpu.key  # the stored form rebuilds the same key
+
+
+@pytest.mark.parametrize("setting,words", [("data.resolution=-1", "data.resolution must be >= 0"),
+                                           ("data.train_examples=-5", "data.train_examples must be >= 0"),
+                                           ("data.resolution=abc", "data.resolution expects int")])
+def test_bad_data_options_are_one_line(setting: str, words: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        override(recipe_config("cpu"), [setting])
+    assert words in one_line_error(excinfo)

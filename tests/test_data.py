@@ -500,3 +500,66 @@ def test_conv_model_trains_on_digits_in_a_fresh_process() -> None:
                     f"{proc.stderr.strip()[:600]}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "trained" in proc.stdout
+
+
+# --- data options: resolution (average pooling) and class-balanced training subsets ------
+
+
+def test_downsampling_average_pools_and_halves_the_crop_padding(tmp_path: Path) -> None:
+    write_cifar10(tmp_path, n=8)
+    full = load_dataset("cifar10", tmp_path)
+    small = load_dataset("cifar10", tmp_path, resolution=16)
+    assert small.train.inputs.shape == (40, 3, 16, 16) and small.test.inputs.shape == (8, 3, 16, 16)
+    block = full.train.inputs[3, 1, 4:6, 6:8].mean()  # pixel (2, 3) of the 16x16 image
+    assert torch.allclose(small.train.inputs[3, 1, 2, 3], block, atol=1e-6)
+    assert torch.equal(small.train.targets, full.train.targets)
+    assert full.train.crop_padding == 4 and small.train.crop_padding == 2
+    assert small.train.subset(5, seed=0).crop_padding == 2 and small.train.to("cpu").crop_padding == 2
+    assert load_dataset("cifar10", tmp_path, resolution=32) is full  # native side: unchanged
+
+
+@pytest.mark.parametrize("resolution", [5, 33, 7])
+def test_resolution_must_divide_the_native_side(tmp_path: Path, resolution: int) -> None:
+    write_cifar10(tmp_path)
+    with pytest.raises(ConfigError) as excinfo:
+        load_dataset("cifar10", tmp_path, resolution=resolution)
+    message = str(excinfo.value)
+    assert "\n" not in message and "data.resolution must divide the native image side 32" in message
+
+
+def test_balanced_subset_is_fixed_seeded_and_class_balanced() -> None:
+    targets = torch.arange(200) % 10
+    split = Split(torch.arange(200, dtype=torch.float32).view(200, 1, 1, 1), targets)
+    a, b = split.balanced_subset(55, seed=0, num_classes=10), split.balanced_subset(55, seed=0, num_classes=10)
+    assert torch.equal(a.inputs, b.inputs) and len(a) == 55
+    counts = torch.bincount(a.targets, minlength=10).tolist()
+    assert counts == [6] * 5 + [5] * 5  # the remainder goes to the first classes
+    order = a.inputs.flatten()
+    assert torch.equal(order, order.sort().values)  # original order kept
+    assert torch.equal(a.targets, targets[order.long()])  # each example keeps its label
+    other = split.balanced_subset(55, seed=1, num_classes=10)
+    assert not torch.equal(other.inputs, a.inputs)
+
+
+def test_balanced_subset_rejects_impossible_sizes() -> None:
+    split = Split(torch.zeros(30, 1, 2, 2), torch.tensor([0] * 25 + [1] * 5))
+    for n, words in ((0, "must be in [1, 30]"), (31, "must be in [1, 30]"), (20, "needs 10 examples of class 1")):
+        with pytest.raises(ConfigError) as excinfo:
+            split.balanced_subset(n, seed=0, num_classes=2)
+        assert words in str(excinfo.value) and "\n" not in str(excinfo.value)
+
+
+def test_train_examples_subsets_the_training_split_only(tmp_path: Path) -> None:
+    write_cifar10(tmp_path, n=40)
+    data = load_dataset("cifar10", tmp_path, resolution=16, train_examples=50)
+    full = load_dataset("cifar10", tmp_path)
+    assert len(data.train) == 50 and len(data.test) == len(full.test) == 40
+    assert data.mean == full.mean  # normalised with the whole training split's statistics
+    assert load_dataset("cifar10", tmp_path, resolution=16, train_examples=50) is data  # cached
+
+
+def test_real_cifar10_cpu_recipe_data() -> None:
+    root = require_real("cifar-10-batches-py")
+    data = load_dataset("cifar10", root, resolution=16, train_examples=20_000)
+    assert data.train.inputs.shape == (20_000, 3, 16, 16) and data.test.inputs.shape == (10_000, 3, 16, 16)
+    assert torch.bincount(data.train.targets).tolist() == [2_000] * 10
