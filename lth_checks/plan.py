@@ -197,8 +197,8 @@ class _Builder:
         self.plan = Plan(ctx.scale, "")
 
     # trainings
-    def lineage(self, exp: Experiment, claim: str) -> None:
-        cfg, last = exp.config, self.ctx.last_level()
+    def lineage(self, exp: Experiment, claim: str, upto: int | None = None) -> None:
+        cfg, last = exp.config, self.ctx.last_level() if upto is None else upto
         self.plan.models.add((cfg.model.name, cfg.model.depth, cfg.model.width))
         deps: list[str] = []
         recipe, k = cfg.recipe, cfg.rewind_iteration
@@ -312,6 +312,16 @@ def claims_plan(ctx: ClaimContext) -> Plan:
                         + (f"; --set {' '.join(ctx.overrides)}" if ctx.overrides else ""))
     for recipe in ctx.recipe_names():
         late = ctx.late_rewind(recipe)
+        # the scale's premise (evidence.check_premise): SGD-noise twins at level 0 of rewind 0 and the late
+        # rewind, over the premise's replicates (seeds beyond the claims' own train level 0 only)
+        if ctx.plan.premise:
+            for rewind in sorted({0, late}):
+                for seed in range(ctx.premise_replicates()):
+                    exp = ctx.experiment(recipe, rewind, seed)
+                    b.lineage(exp, "premise", upto=0 if seed >= ctx.n_replicates() else None)
+                    spec = suite.sgd_noise_spec(exp, 0, b.s)
+                    b.branches(exp, [spec], "premise", "premise SGD-noise twin")
+                    b.branch_path(exp, spec, "premise")
         # claim 1 (and the protocol test): every lineage; per-example correctness of every level and
         # of the successive path at every level
         for rewind in ctx.rewinds_for(recipe):
