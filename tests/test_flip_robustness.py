@@ -69,8 +69,11 @@ def test_recorded_smoke_run_no_single_image_flips_a_verdict():
     doc = read_archive(RECORDED)
     decided = []
     for i, o in enumerate(doc["outcomes"]):
-        if o.get("evidence") is not None:
-            decided.append(_check(decode(o["evidence"]), flips=25, seed=i))
+        ev = None if o.get("evidence") is None else decode(o["evidence"])
+        # claims 3a-3c decide on measured (seed, level) rows (p_max from the one-shot sweeps), which
+        # carry no per-example arrays to flip; their rules are rated on synthetic rows instead
+        if ev is not None and next(_arrays(ev), None) is not None:
+            decided.append(_check(ev, flips=25, seed=i))
     assert "PASS" in decided  # the recorded run has at least one decided verdict to test
 
 
