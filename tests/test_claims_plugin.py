@@ -9,11 +9,15 @@ import sys
 from pathlib import Path
 
 from conftest import REPO_ROOT, cli_env
+from test_plan import LEVELS, REPLICATES, REWINDS, SETTINGS, _ctx, assert_cache_holds_exactly_the_plan
 
+from lth_checks import plan as P
 from lth_checks.report import validate_results
 
-SHORT = ["--levels", "3", "--rewind", "0", "--rewind", "5", "--set", "train.iterations=60",
-         "--set", "train.milestones=30,45"]
+# The options of test_plan._ctx (6 levels so that claim 4 measures), so that this one tiny run also
+# checks the plan against what the run creates.
+SHORT = ["--levels", str(LEVELS), "--replicates", str(REPLICATES), *[a for k in REWINDS for a in ("--rewind", str(k))],
+         *[a for s in SETTINGS for a in ("--set", s)]]
 
 
 def _run_claims(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -23,9 +27,11 @@ def _run_claims(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def test_claims_plugin_end_to_end(tmp_path: Path):
+    plan = P.claims_plan(_ctx(tmp_path / "cache"))
     proc = _run_claims(tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode in (0, 1), out  # 1 = some claim FAILed: a result, not a crash
+    assert_cache_holds_exactly_the_plan(plan, tmp_path / "cache", out)
     assert "lth-checks verdicts" in out
     run_dir = (tmp_path / "reports" / "latest").resolve()
     results = json.loads((run_dir / "results.json").read_text())
