@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .config import content_hash
 from .errors import ConfigError, LthError
+from .store import pid_alive
 
 EXECUTORS = ("slurm", "local")
 
@@ -192,18 +193,7 @@ def _local_alive(job_id: str) -> bool:
             return False
     except ChildProcessError:
         pass
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except (OSError, IndexError):
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def _unit_seconds(plan, tp, unit: Unit) -> float:

@@ -204,7 +204,7 @@ class LeaseLock:
         if record and record.get("host") == _HOST:
             pid = int(record.get("pid", -1))
             recycled = bool(record.get("start")) and _process_start(pid) != record.get("start")
-            if not _pid_alive(pid) or recycled:
+            if not pid_alive(pid) or recycled:
                 return True
         return self._filesystem_now() - touched > self.ttl_s
 
@@ -272,9 +272,14 @@ class LeaseLock:
         self.release()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` on this host is running (a zombie, finished but not reaped, is not)."""
     if pid <= 0:
         return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        pass  # no /proc (or the process is gone): ask the kernel
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
