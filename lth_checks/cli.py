@@ -231,7 +231,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(cluster.format_status(units))
     failed = [u for u in units if u.state == "failed"]
     if failed:
-        _log(f"{len(failed)} unit(s) failed: their logs are in {cluster.Ledger.folder_for(options)}; "
+        _log(f"{len(failed)} unit(s) failed: their logs are in {cluster.Ledger.of(options).folder}; "
              "run the same command again to resubmit them (finished work is kept)")
     return 1 if args.wait and failed else 0
 

@@ -143,11 +143,11 @@ class Ledger:
         self.path = cache_root / "cluster" / f"{options.scale}-{options.key}.json"
         self.folder = cache_root / "cluster" / "submitit"
 
-    @staticmethod
-    def folder_for(options: RunOptions) -> Path:
+    @classmethod
+    def of(cls, options: RunOptions) -> Ledger:
         from .store import Store
 
-        return Store(options.cache_dir).root / "cluster" / "submitit"
+        return cls(Store(options.cache_dir).root, options)
 
     def read(self) -> dict:
         try:
@@ -196,33 +196,20 @@ def _local_alive(job_id: str) -> bool:
     return pid_alive(pid)
 
 
-def _unit_seconds(plan, tp, unit: Unit) -> float:
-    """Device seconds of what is left of a unit as a cluster job runs it.
-
-    A ``train`` unit is one lineage on its own GPU, so its levels are not batched with other
-    replicates as on one machine; a ``branches`` unit trains its branches together as `plan` groups them.
-    """
-    from .plan import unit_seconds
-
-    if unit.kind == "branches":
-        return unit_seconds(plan, tp, unit.job_ids)
-    return sum(tp.per_job_s + j.iterations * tp.s_per_iteration + j.images * tp.s_per_eval_image
-               for j in unit.jobs if not j.cached)
-
-
 def status(options: RunOptions, executor: str = "slurm") -> list[Unit]:
     """Every unit of the plan with its state: done, running, queued, failed or not submitted."""
-    from .plan import claims_plan, throughput_for
-    from .store import Store
+    from .plan import claims_plan, job_seconds, throughput_for
 
     plan = claims_plan(options.context())
     tp = throughput_for("cuda")
     all_units = units(plan)
-    ledger = Ledger(Store(options.cache_dir).root, options).read()
+    ledger = Ledger.of(options).read()
     submitted = ledger.get("units", {})
     live = _scheduler_states((submitted.get(u.name, {}).get("job_id") for u in all_units), executor)
+    # a train unit is one lineage alone on its GPU; a branch unit trains its branches together as planned
+    seconds = {"train": job_seconds(plan, tp, grouped=False), "branches": job_seconds(plan, tp)}
     for u in all_units:
-        u.seconds = _unit_seconds(plan, tp, u)
+        u.seconds = sum(seconds[u.kind].get(i, 0.0) for i in u.job_ids)
         u.slurm_id = submitted.get(u.name, {}).get("job_id")
         if u.cached:
             u.state = "done"

@@ -418,12 +418,6 @@ def run_jobs(plan: Plan, job_ids: Iterable[str], log: Callable[[str], None] = la
     return ran
 
 
-def unit_seconds(plan: Plan, tp: Throughput, job_ids: Iterable[str]) -> float:
-    """Estimated device seconds of what is left of the listed jobs."""
-    per_job = job_seconds(plan, tp)
-    return sum(per_job.get(i, 0.0) for i in job_ids)
-
-
 # ----------------------------------------------------------------------------------------- time
 
 @dataclass(frozen=True)
@@ -510,12 +504,15 @@ def throughput_for(device_type: str = "cuda", bench: str | Path | None = None,
     return throughput_from_bench(found) if found else ASSUMED_H100
 
 
-def job_seconds(plan: Plan, tp: Throughput, *, only_todo: bool = True) -> dict[str, float]:
-    """Estimated device seconds per job; a replica group's time is split over its members."""
+def job_seconds(plan: Plan, tp: Throughput, *, only_todo: bool = True, grouped: bool = True) -> dict[str, float]:
+    """Estimated device seconds per job; a replica group's time is split over its members.
+
+    `grouped=False`: every training alone, as where each lineage is a job on its own GPU.
+    """
     jobs = [j for j in plan.jobs.values() if not (only_todo and j.cached)]
     groups: dict[str, list[Job]] = {}
     for j in jobs:
-        if j.what in TRAINING_KINDS and j.group and not j.shared_with:
+        if grouped and j.what in TRAINING_KINDS and j.group and not j.shared_with:
             groups.setdefault(j.group, []).append(j)
     out = {}
     for j in jobs:
