@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import html
+import importlib.resources
 import json
 import math
 import os
@@ -32,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 
 from . import __version__
@@ -50,176 +53,25 @@ class ReportWarning(UserWarning):
 
 # ------------------------------------------------------------------------------------------ schema
 
-_NUMBER_OR_NULL = {"type": ["number", "null"]}
-
-RESULTS_SCHEMA: dict = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "lth-checks results.json",
-    "description": "One claims run: run metadata, every threshold with its source, one outcome per (claim, "
-                   "recipe), and verdict counts. Non-finite numbers are written as null.",
-    "type": "object",
-    "required": ["meta", "thresholds", "outcomes", "summary"],
-    "additionalProperties": False,
-    "properties": {
-        "meta": {
-            "type": "object",
-            "required": ["lth_checks_version", "python_version", "platform", "device", "scale", "started_at"],
-            "properties": {
-                "lth_checks_version": {"type": "string"},
-                "python_version": {"type": "string"},
-                "torch_version": {"type": ["string", "null"]},
-                "numpy_version": {"type": ["string", "null"]},
-                "platform": {"type": "string"},
-                "device": {"type": "string"},
-                "cuda_device_name": {"type": ["string", "null"]},
-                "git_commit": {"type": ["string", "null"], "pattern": "^[0-9a-f]{40,64}$"},
-                "git_dirty": {"type": ["boolean", "null"]},
-                "scale": {"type": "string"},
-                "options": {"type": "object"},
-                "wall_time_s": _NUMBER_OR_NULL,
-                "started_at": {"type": "string"},
-            },
-        },
-        "thresholds": {"type": "object", "additionalProperties": {"$ref": "#/$defs/threshold"}},
-        "outcomes": {"type": "array", "items": {"$ref": "#/$defs/outcome"}},
-        "summary": {
-            "type": "object",
-            "required": [PASS, FAIL, INCONCLUSIVE, "total"],
-            "additionalProperties": {"type": "integer", "minimum": 0},
-            "properties": {k: {"type": "integer", "minimum": 0} for k in (*VERDICTS, "total")},
-        },
-    },
-    "$defs": {
-        "verdict": {"enum": list(VERDICTS)},
-        "threshold": {
-            "type": "object",
-            "required": ["value", "source"],
-            "properties": {
-                "value": {"type": ["number", "array", "null"], "items": {"type": "number"}},
-                "unit": {"type": "string"},
-                "source": {"type": "string"},
-                "meaning": {"type": "string"},
-            },
-        },
-        "outcome": {
-            "type": "object",
-            "required": ["claim", "recipe", "verdict", "summary"],
-            "properties": {
-                "claim": {"type": "string", "pattern": "^[1-9][a-z]?$"},
-                "title": {"type": "string"},
-                "recipe": {"type": "string"},
-                "recipe_source": {"type": "string"},
-                "scale": {"type": "string"},
-                "replicates": {"type": "integer", "minimum": 0},
-                "rewinds": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                "thresholds": {"type": "object", "additionalProperties": {"$ref": "#/$defs/threshold"}},
-                "choices": {"type": "array", "items": {"type": "string"}},
-                "measured": {"type": "object"},
-                "verdict": {"$ref": "#/$defs/verdict"},
-                "summary": {"type": "string"},
-                "effect": {"type": "object"},
-                "tau_sensitivity": {"type": "object", "additionalProperties": {"$ref": "#/$defs/verdict"}},
-                "wall_time_s": _NUMBER_OR_NULL,
-                "config_hashes": {"type": "array", "items": {"type": "string"}},
-            },
-        },
-    },
-}
-
-# Keywords the built-in checker implements; anything else in a schema is an annotation it ignores.
-SUPPORTED_KEYWORDS = frozenset({"$ref", "type", "enum", "const", "properties", "required", "additionalProperties",
-                                "items", "pattern", "minimum", "maximum", "minItems", "anyOf"})
-ANNOTATION_KEYWORDS = frozenset({"$schema", "$id", "$defs", "title", "description"})
-
-_TYPES: dict[str, Callable[[Any], bool]] = {
-    "object": lambda x: isinstance(x, dict),
-    "array": lambda x: isinstance(x, list),
-    "string": lambda x: isinstance(x, str),
-    "boolean": lambda x: isinstance(x, bool),
-    "null": lambda x: x is None,
-    "integer": lambda x: isinstance(x, int) and not isinstance(x, bool),
-    "number": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
-}
+# The schema is package data (lth_checks/results.schema.json), so other tools can validate a
+# results.json without importing this module; jsonschema checks it (Draft 2020-12).
+SCHEMA_FILE = "results.schema.json"
+RESULTS_SCHEMA: dict = json.loads(importlib.resources.files(__package__).joinpath(SCHEMA_FILE)
+                                  .read_text(encoding="utf-8"))
 
 
-def check_schema(instance: Any, schema: dict, root: dict | None = None, path: str = "$") -> list[str]:
-    """A small structural JSON-Schema checker (the subset in SUPPORTED_KEYWORDS); returns error messages."""
-    root = schema if root is None else root
-    if "$ref" in schema:
-        ref = schema["$ref"]
-        if not ref.startswith("#/"):
-            return [f"{path}: only local $ref is supported, got {ref!r}"]
-        target: Any = root
-        for part in ref[2:].split("/"):
-            target = target[part]
-        return check_schema(instance, target, root, path)
-    errors: list[str] = []
-    if "type" in schema:
-        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        if not any(_TYPES[t](instance) for t in types):
-            return [f"{path}: expected {'/'.join(types)}, got {type(instance).__name__}"]
-    if "enum" in schema and instance not in schema["enum"]:
-        errors.append(f"{path}: {instance!r} is not one of {schema['enum']}")
-    if "const" in schema and instance != schema["const"]:
-        errors.append(f"{path}: {instance!r} is not {schema['const']!r}")
-    if "anyOf" in schema and all(check_schema(instance, s, root, path) for s in schema["anyOf"]):
-        errors.append(f"{path}: matches none of anyOf")
-    if isinstance(instance, str) and "pattern" in schema and not re.search(schema["pattern"], instance):
-        errors.append(f"{path}: {instance!r} does not match {schema['pattern']!r}")
-    if _TYPES["number"](instance):
-        if "minimum" in schema and instance < schema["minimum"]:
-            errors.append(f"{path}: {instance} < minimum {schema['minimum']}")
-        if "maximum" in schema and instance > schema["maximum"]:
-            errors.append(f"{path}: {instance} > maximum {schema['maximum']}")
-    if isinstance(instance, list):
-        if "minItems" in schema and len(instance) < schema["minItems"]:
-            errors.append(f"{path}: fewer than {schema['minItems']} items")
-        if isinstance(schema.get("items"), dict):
-            for i, item in enumerate(instance):
-                errors += check_schema(item, schema["items"], root, f"{path}[{i}]")
-    if isinstance(instance, dict):
-        props = schema.get("properties", {})
-        for key in schema.get("required", []):
-            if key not in instance:
-                errors.append(f"{path}: missing required {key!r}")
-        extra = schema.get("additionalProperties", True)
-        for key, value in instance.items():
-            if key in props:
-                errors += check_schema(value, props[key], root, f"{path}.{key}")
-            elif extra is False:
-                errors.append(f"{path}: unexpected property {key!r}")
-            elif isinstance(extra, dict):
-                errors += check_schema(value, extra, root, f"{path}.{key}")
-    return errors
-
-
-def schema_keywords(schema: Any) -> set[str]:
-    """Every keyword used anywhere in a schema (to check the built-in checker covers them)."""
-    found: set[str] = set()
-    if isinstance(schema, dict):
-        for key, value in schema.items():
-            found.add(key)
-            if key in ("properties", "$defs"):
-                for sub in value.values():
-                    found |= schema_keywords(sub)
-            elif key in ("items", "additionalProperties") and isinstance(value, dict):
-                found |= schema_keywords(value)
-            elif key == "anyOf":
-                for sub in value:
-                    found |= schema_keywords(sub)
-    return found
+@functools.cache
+def _validator(schema_text: str) -> jsonschema.Draft202012Validator:
+    schema = json.loads(schema_text)
+    jsonschema.Draft202012Validator.check_schema(schema)  # a broken schema is a bug: SchemaError, not a warning
+    return jsonschema.Draft202012Validator(schema)
 
 
 def validate_results(doc: dict, schema: dict = RESULTS_SCHEMA) -> list[str]:
-    """Errors of `doc` against the schema: with `jsonschema` when it is installed, else the built-in checker."""
-    import importlib.util
-
-    if importlib.util.find_spec("jsonschema") is not None:
-        import jsonschema
-
-        validator = jsonschema.Draft202012Validator(schema)
-        return [f"$.{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
-    return check_schema(doc, schema)
+    """Errors of `doc` against the results schema, one readable line each: '$.outcomes[0].verdict: ...'."""
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    errors = sorted(validator.iter_errors(doc), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    return [f"{e.json_path}: {e.message}" for e in errors]
 
 
 # --------------------------------------------------------------------------------------- metadata
@@ -398,7 +250,7 @@ def write_report(outcomes: list[dict], meta: dict, report_root: str | Path = "re
     outcomes = [{k: v for k, v in o.items() if k != "evidence"} for o in outcomes]  # bits go to the archive
     doc = to_jsonable({"meta": meta, "thresholds": T.as_dict(), "outcomes": list(outcomes),
                        "summary": summarize(outcomes)})
-    errors = check_schema(doc, RESULTS_SCHEMA)
+    errors = validate_results(doc)
     if errors:
         warnings.warn(f"results do not match RESULTS_SCHEMA: {'; '.join(errors[:5])}", ReportWarning, stacklevel=2)
     run_dir = _new_run_dir(root, run_id, str(meta.get("scale") or "run"))

@@ -243,47 +243,55 @@ def test_results_json_is_strict_json_and_validates(run: Path):
 
     doc = json.loads(text, parse_constant=no_constants)  # NaN became null
     assert R.validate_results(doc) == []
-    assert R.check_schema(doc, R.RESULTS_SCHEMA) == []
     assert doc["thresholds"] == json.loads(json.dumps(T.as_dict()))
     assert len(doc["outcomes"]) == 8
     assert doc["outcomes"][6]["measured"]["imp"][7]["new_small_weight_share"] is None
     assert R.load_results(run) == doc == R.load_results(run / "results.json")
 
 
-def test_schema_against_jsonschema_when_installed(run: Path):
-    jsonschema = pytest.importorskip("jsonschema")
+def test_schema_is_valid_2020_12_and_ships_as_package_data(run: Path):
+    import importlib.resources
+
+    import jsonschema
+
     jsonschema.Draft202012Validator.check_schema(R.RESULTS_SCHEMA)
     jsonschema.validate(R.load_results(run), R.RESULTS_SCHEMA, cls=jsonschema.Draft202012Validator)
+    shipped = importlib.resources.files("lth_checks").joinpath(R.SCHEMA_FILE).read_text(encoding="utf-8")
+    assert json.loads(shipped) == R.RESULTS_SCHEMA
+    assert R.RESULTS_SCHEMA["$defs"]["verdict"]["enum"] == list(R.VERDICTS)
+    assert "results.schema.json" in (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
 
 
-def test_builtin_checker_covers_the_schema_and_rejects_bad_documents(run: Path):
-    assert R.schema_keywords(R.RESULTS_SCHEMA) <= R.SUPPORTED_KEYWORDS | R.ANNOTATION_KEYWORDS
+def test_a_broken_schema_is_an_error_not_a_silent_pass():
+    import jsonschema
+
+    with pytest.raises(jsonschema.SchemaError):
+        R.validate_results({}, {"type": "objekt"})
+
+
+def test_bad_documents_are_reported_with_their_path(run: Path):
     good = R.load_results(run)
-    bad_cases = []
-    d = copy.deepcopy(good)
-    d["outcomes"][0]["verdict"] = "PASSED"
-    bad_cases.append(d)
-    d = copy.deepcopy(good)
-    del d["outcomes"]
-    bad_cases.append(d)
-    d = copy.deepcopy(good)
-    d["outcomes"][1]["replicates"] = "two"
-    bad_cases.append(d)
-    d = copy.deepcopy(good)
-    d["summary"]["PASS"] = True  # a bool is not an integer
-    bad_cases.append(d)
-    d = copy.deepcopy(good)
-    d["outcomes"][2]["tau_sensitivity"]["2"] = "MAYBE"
-    bad_cases.append(d)
-    d = copy.deepcopy(good)
-    d["thresholds"]["BARRIER_TAU_PP"].pop("source")
-    bad_cases.append(d)
-    d = copy.deepcopy(good)
-    d["extra"] = 1
-    bad_cases.append(d)
-    for bad in bad_cases:
-        assert R.check_schema(bad, R.RESULTS_SCHEMA), bad.keys()
-        assert R.validate_results(bad)
+    cases = []  # (change, the JSON path and words the error line must carry)
+
+    def case(change, *expected):
+        d = copy.deepcopy(good)
+        change(d)
+        cases.append((d, expected))
+
+    case(lambda d: d["outcomes"][0].update(verdict="PASSED"), "$.outcomes[0].verdict", "'PASSED' is not one of")
+    case(lambda d: d["outcomes"][3].pop("verdict"), "$.outcomes[3]", "'verdict' is a required property")
+    case(lambda d: d.pop("outcomes"), "$:", "'outcomes' is a required property")
+    case(lambda d: d["outcomes"][1].update(replicates="two"), "$.outcomes[1].replicates", "not of type 'integer'")
+    case(lambda d: d["summary"].update(PASS=True), "$.summary.PASS", "not of type 'integer'")  # a bool is no integer
+    case(lambda d: d["outcomes"][2]["tau_sensitivity"].update({"2": "MAYBE"}),
+         "$.outcomes[2].tau_sensitivity['2']", "'MAYBE' is not one of")
+    case(lambda d: d["thresholds"]["BARRIER_TAU_PP"].pop("source"), "$.thresholds.BARRIER_TAU_PP",
+         "'source' is a required property")
+    case(lambda d: d["meta"].update(git_commit="not-a-hash"), "$.meta.git_commit", "does not match")
+    case(lambda d: d.update(extra=1), "$:", "'extra' was unexpected")
+    for bad, expected in cases:
+        errors = R.validate_results(bad)
+        assert len(errors) == 1 and all(part in errors[0] for part in expected), (expected, errors)
 
 
 def test_verdict_counts(run: Path):
