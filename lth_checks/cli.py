@@ -145,6 +145,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild a report without training: re-render a run's results.json, or re-run the claims cache-only."""
     from pathlib import Path
 
+    if args.compare:
+        from .compare import compare_runs, render_text
+
+        comparison, folder = compare_runs(*args.compare, report_dir=args.report_dir)
+        print(render_text(comparison), end="")
+        print(f"written: {folder}/compare.md and compare.json")
+        return 0
     if args.from_evidence:
         from .archive import report_from_evidence
 
@@ -289,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-evidence", metavar="ARCHIVE",
                    help="re-decide every verdict with the current rules from a run's evidence.json.gz (or its "
                         "run folder) and write a new report; needs no cache, weights or data")
+    p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                   help="what changed from run A to run B (verdicts, the numbers they hinge on with their intervals, "
+                        "settings); each a run folder, a run id or `latest` under --report-dir; writes "
+                        "<report-dir>/compare-A-vs-B/compare.md and compare.json")
     p.add_argument("--scale", default="smoke", help="smoke, cpu, small or paper (as the claims run used)")
     p.add_argument("--recipe", action="append", default=[], help="recipes (default: the scale's)")
     p.add_argument("--replicates", type=int, help="as the claims run used")
