@@ -637,8 +637,10 @@ def claims_of_test(nodeid: str) -> set[str]:
 
 
 def select(plan: Plan, claims: set[str]) -> Plan:
-    """The jobs the given claims ask for, with everything they depend on."""
-    keep = {j.id for j in plan.jobs.values() if set(j.claims) & claims}
+    """The jobs the given claims ask for, with everything they depend on. The scale's premise check
+    gates every claim (`ClaimContext.premise_gate`), so its jobs come with any selection."""
+    wanted = set(claims) | {"premise"} if claims else set()
+    keep = {j.id for j in plan.jobs.values() if set(j.claims) & wanted}
     stack = list(keep)
     while stack:
         for d in plan.jobs[stack.pop()].deps:

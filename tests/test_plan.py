@@ -121,3 +121,12 @@ def test_plan_command(tmp_path: Path):
     assert {j["what"] for j in doc["jobs"]} == {"pretrain", "level", "sgd_noise", "perturb", "path"}
     bad = run_cli("plan", "--scale", "small", "--set", "train.nope=1", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown setting" in bad.stderr
+
+
+def test_a_claim_selection_keeps_the_premise_check_that_gates_it():
+    """Every claim of a scale with a premise waits on the premise's level-0 twins (5 seeds at cpu scale),
+    so `pytest claims/ -k claim2` and `lth-checks plan --claim 2` count them too."""
+    full = P.claims_plan(ClaimContext(scale="cpu", device="cpu", cache_dir="/nonexistent-lth-cache"))
+    premise = {j.id for j in full.jobs.values() if "premise" in j.claims}
+    assert premise and premise <= set(P.select(full, {"2"}).jobs)
+    assert P.select(full, set()).jobs == {}
