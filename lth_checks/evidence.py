@@ -67,14 +67,15 @@ PLANS = {
                        regime=SMOKE_REGIME),
     # Sized to finish from a cold cache in under an hour on 2 CPU cores with `-n 2` (issue 13). Measured
     # here: 42 CPU-s per 936-iteration training, ~8 CPU-s per 11-point path. About 83 trainings' worth of
-    # iterations (IMP: 36, Claim 2 at level 0: 25, Claim 3 at level 0: 20, 3d: 2) and ~100 paths come to
-    # ~75 CPU-minutes before curvature; each further branch level would add ~45 trainings and ~66 paths.
+    # iterations (IMP: 36, perturbations at level 0: 25, one-shot sweeps at level 0: 20, the one-shot to the
+    # target density: 2) and ~100 paths come to ~75 CPU-minutes before curvature; each further branch level
+    # would add ~45 trainings and ~66 paths.
     # The premise takes 5 replicates: the k = 0 barrier varies a lot between seeds (pilot: 17.7, 7.9, 6.6 pp,
     # interval [-4.3, 25.8] over 3 with t = 4.3; with 7.0 and 7.3 pp more: [3.4, 15.2]); 2 more seeds cost 8
     # trainings of level 0.
     # The Hessian at the default 4,096 examples and top 100 costs ~20 CPU-minutes per solution here
     # (~390 Hessian-vector products on 4,096 16x16 images): 1,024 examples and the top 20 (the bulk by
-    # SLQ as everywhere) bring the three Hessians of claim 3 to minutes; below CLAIMS.md's 4,096 (ours).
+    # SLQ as everywhere) bring the three Hessians of the flatness claim to minutes; below CLAIMS.md's 4,096 (ours).
     "cpu": ScalePlan(("cpu",), replicates=3, levels=6, branch_levels=(0,), path_points=11,
                      premise=REGIME_PREMISE, premise_replicates=5, hessian_k=20, hessian_examples=1024),
     # sized to one 8-minute H100 command by `lth-checks plan` (issue 10; README "The small scale")
@@ -207,7 +208,7 @@ def barrier_interval_pp(paths: list[PathResult], test_examples: int, confidence:
 def premise_row(ctx: ClaimContext, recipe: str, rewind: int) -> dict:
     """The SGD-noise barrier at level 0 from w_k (k = `rewind`) over the replicates, with its interval:
     each replicate's level-0 solution against a copy trained from the same w_k with another data order
-    (LMC's instability test; the same branches Claim 2 uses)."""
+    (LMC's instability test; the same branches the perturbation claim uses)."""
     s = ctx.settings
     exps = [ctx.experiment(recipe, rewind, seed) for seed in range(ctx.premise_replicates())]
     if not ctx.cache_only:

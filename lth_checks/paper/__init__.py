@@ -1,8 +1,13 @@
 """The claims of "Unmasking the Lottery Ticket Hypothesis" (Paul et al., ICLR 2023), one module per claim.
 
 Each module holds all of its claim: what it needs (planner jobs), what it measures (evidence), its
-verdict rule, its report tables and its figures, behind `lth_checks.claim.Claim`; importing this
-package registers them, in the paper's order. Their tests are `claims/test_claim*.py`.
+verdict rule, its report tables and its figures, behind `lth_checks.claim.Claim`, and registers it
+when imported. Importing this package imports every module in it in the order of their names (the
+paper's order), so a new claim here is one new module. Their tests are in `claims/`.
 """
 
-from . import claim1_connectivity, claim2_perturbation, claim3_flatness, claim4_small_weights  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
