@@ -24,9 +24,10 @@ from ..evidence import ClaimContext
 from ..imp import Experiment
 from ..measure import suite
 from ..plotting import COLORS, by, density_axis, errorbar, new_figure
-from ..report import Column, Para, _call, _ci, _g, _num, _rows, _table, _tau, fmt, fmt_ci, fmt_pct
+from ..report import Column, Para, Table, _call, _ci, _g, _num, _rows, _table, _tau, fmt, fmt_ci, fmt_pct
 from ..stats import Interval
 from ..verdicts import INCONCLUSIVE, Verdict, _power, replicates_note
+from . import _reference as REF
 
 FAIL, PASS = V.FAIL, V.PASS
 
@@ -204,7 +205,27 @@ def tables(doc: dict, o: dict, m: dict) -> list:
         (f"barrier ≤ τ={tau:g} agrees", agrees), ("in high-sparsity pool", pooled)]
     return [Para("Errors in percent (mean over replicates, with a t-interval only from 3 replicates); "
                  "E(L+1) − dense and barriers in percentage points with 95% paired-bootstrap intervals, which "
-                 "decide the calls: 'undetermined' where the interval straddles ε or τ."), _table(_rows(o), cols)]
+                 "decide the calls: 'undetermined' where the interval straddles ε or τ."), _table(_rows(o), cols),
+            *reference_blocks(o)]
+
+
+def reference_blocks(o: dict) -> list:
+    """Ours beside the reference values of the paper's setting (dense error, how sparse each rewind stays
+    matching), for the recipes where they apply (`_reference.label`)."""
+    header = REF.label(o.get("recipe"))
+    rows = _rows(o)
+    if header is None or not rows:
+        return []
+    out = []
+    for k, rs in by(rows, "rewind").items():
+        dense = next((_num(r.get("dense_error_pp")) for r in rs if _num(r.get("dense_error_pp")) is not None), None)
+        out.append([f"dense test error (%), k = {k}", fmt(dense, 3), f"≈ {REF.DENSE_ERROR_PP:g}", REF.LMC])
+        matching = [d for r in rs if r.get("matching") is True and (d := _num(r.get("next_density"))) is not None]
+        ref = (f"≈ {100 * REF.MATCHING_DOWN_TO:g}%" if isinstance(k, int) and k >= REF.LATE_REWIND
+               else "not matching at high sparsity" if k == 0 else "–")
+        out.append([f"lowest alive fraction with L+1 established matching, k = {k}",
+                    fmt_pct(min(matching)) if matching else "none", ref, REF.LMC])
+    return [Para("Reference values of the sources beside ours:"), Table(["quantity", "ours", header, "source"], out)]
 
 
 def fig_error_vs_density(doc: dict, o: dict):

@@ -29,6 +29,7 @@ from ..plotting import COLORS, density_axis, new_figure
 from ..report import (
     Column,
     Heading,
+    Para,
     Table,
     _float_or_none,
     _g,
@@ -43,6 +44,7 @@ from ..report import (
 )
 from ..stats import Interval
 from ..verdicts import FAIL, INCONCLUSIVE, PASS, Verdict, _power
+from . import _reference as REF
 
 # ---------------------------------------------------------------------------------------- the rule
 
@@ -177,8 +179,19 @@ def tables(doc: dict, o: dict, m: dict) -> list:
         ("relative projection length", _g("relative_projection_length")),
         ("error projected (%)", _g("projected_test_error", fmt_err)),
         ("train error projected (%)", _g("projected_train_error", fmt_err))]
+    header = REF.label(o.get("recipe"))
+    if header is not None:  # the authors' chain beside ours at the same alive fraction
+        chain_cols.append((f"error projected (%), {header}",
+                           lambda r: fmt(REF.chain_error_pp(_num(r.get("density"))))))
     if _rows(o, "chain"):
         out += [Heading(4, "Without retraining (chain, first replicate)"), _table(_rows(o, "chain"), chain_cols)]
+        if header is not None:
+            out.append(Para(f"{header.capitalize()}: {REF.AUTHORS_CHAIN} went "
+                            + " → ".join(f"{a:g}%" for a in REF.CHAIN_ACCURACY_PCT)
+                            + " test accuracy after each 20% cut of the 80% solution, read as at "
+                            + ", ".join(f"{100 * REF.CHAIN_START_DENSITY ** (i + 2):.2g}%"
+                                        for i in range(len(REF.CHAIN_ACCURACY_PCT)))
+                            + " alive (the source does not say whether its first point is before the first cut)."))
     if _rows(o, "per_replicate"):
         out += [Heading(4, "Verdict inputs per replicate"), _generic_table(_rows(o, "per_replicate"))]
     return out
