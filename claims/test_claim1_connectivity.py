@@ -1,6 +1,6 @@
 """Claim 1: at higher sparsities, successive IMP levels are linearly connected iff the next is matching."""
 
-from lth_checks import evidence
+from lth_checks.claim import get_claim
 from lth_checks.pruning import is_nested, round_half_up
 
 
@@ -23,4 +23,4 @@ def test_imp_protocol(lth, recipe, rewind):
 
 
 def test_claim1_barrier_iff_matching(lth, recipe, conclude):
-    conclude(evidence.claim1(lth, recipe))
+    conclude(get_claim("1").run(lth, recipe))

@@ -2,10 +2,10 @@
 
 import pytest
 
-from lth_checks import evidence
+from lth_checks.claim import get_claim
 
 
 @pytest.mark.parametrize("part", ["a", "b", "c", "d"],
                          ids=["sharpness-vs-pmax", "theory-vs-measured", "magnitude-flatter", "oneshot-fails"])
 def test_claim3_flatness_limits_prune_fraction(lth, recipe, part, conclude):
-    conclude(evidence.claim3(lth, recipe, part))
+    conclude(get_claim(f"3{part}").run(lth, recipe))

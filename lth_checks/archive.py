@@ -95,7 +95,7 @@ def read_archive(path: str | Path) -> dict:
 
 def redecide(outcome: dict) -> dict:
     """The outcome with verdict, summary, effect, tau sweep and measured tables recomputed from its evidence."""
-    from .evidence import decide
+    from .claim import decide
 
     if outcome.get("evidence") is None:
         return outcome

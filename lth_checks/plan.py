@@ -1,8 +1,8 @@
 """The claims run as data: every training, path and Hessian it will request, with keys, dependencies and costs.
 
-`claims_plan(ctx)` walks the same loops as the claim functions of `evidence` (the scale's plan in
-`evidence.PLANS`, the branch specs of `evidence.claim2_branch_specs` / `claim3_branch_specs`, the
-spec helpers of `measure.suite`), and asks the library itself for every cache key: lineages through
+`claims_plan(ctx)` asks every registered claim for its jobs (`Claim.plan`, which walks the same loops
+as its evidence: the scale's plan in `evidence.PLANS`, the claim's branch specs, the spec helpers of
+`measure.suite`), and asks the library itself for every cache key: lineages through
 `ClaimContext.experiment`, branches through `measure.branches.Branch`, and measurements by calling
 the very `measure.suite` function the claims call with a store that stops at the measurement's
 entry (`_KeyProbe`). So the keys are the real ones and follow any change to the spec helpers.
@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import thresholds as T
+from .claim import planned_claims
 from .errors import ConfigError, LthError
-from .evidence import ClaimContext, claim2_branch_specs, claim3_branch_specs, claim3d_target
+from .evidence import ClaimContext
 from .imp import Experiment
 from .measure import suite
 from .measure.branches import Branch, BranchSpec
@@ -237,6 +237,19 @@ class _Builder:
         return jobs
 
     # measurements
+    # names and costs a claim's `plan` needs for its own jobs
+    def level_id(self, exp: Experiment, level: int) -> str:
+        return _level_id(exp, level)
+
+    def branch_id(self, exp: Experiment, spec: BranchSpec) -> str:
+        return f"branch/{Branch(exp, spec).entry.key}"
+
+    def eval_images(self, exp: Experiment) -> int:
+        return _evaluation_images(exp)
+
+    def model_of(self, exp: Experiment):
+        return _model_of(exp)
+
     def measure(self, exp: Experiment, what: str, fn: Callable, args: tuple, claim: str, deps: list[str],
                 label: str, **cost) -> Job:
         entry = measure_entry(exp, fn, *args)
@@ -322,64 +335,8 @@ def claims_plan(ctx: ClaimContext) -> Plan:
                     spec = suite.sgd_noise_spec(exp, 0, b.s)
                     b.branches(exp, [spec], "premise", "premise SGD-noise twin")
                     b.branch_path(exp, spec, "premise")
-        # claim 1 (and the protocol test): every lineage; per-example correctness of every level and
-        # of the successive path at every level
-        for rewind in ctx.rewinds_for(recipe):
-            for seed in range(ctx.n_replicates()):
-                exp = ctx.experiment(recipe, rewind, seed)
-                b.lineage(exp, "1")
-                for level in range(last + 1):
-                    b.level_correct(exp, level, "1")
-                for level in range(last):
-                    b.successive_correct(exp, level, "1")
-        # claim 2: SGD-noise twins and perturbations at the branch levels of every rewind, read as
-        # per-example correctness along their paths
-        for rewind in ctx.rewinds_for(recipe):
-            for seed in range(ctx.n_replicates()):
-                exp = ctx.experiment(recipe, rewind, seed)
-                specs = claim2_branch_specs(ctx, exp)
-                b.branches(exp, specs, "2", "claim 2 branches")
-                for spec in specs:
-                    b.branch_path_correct(exp, spec, "2")
-        # claim 3 a-c: one-shot prunes with their paths, Hessians and direction curvature at the late rewind
-        for seed in range(ctx.n_replicates()):
-            exp = ctx.experiment(recipe, late, seed)
-            specs = claim3_branch_specs(ctx, exp)
-            b.branches(exp, specs, "3", "claim 3 one-shots")
-            for spec in specs:
-                b.branch_path(exp, spec, "3")
-            for level in levels:
-                b.hessian(exp, level, "3")
-                b.curvature(exp, level, "3")
-        # claim 3d: the dense solution pruned in one shot to the IMP level nearest the fixed target density
-        # (known from counts before training: evidence.claim3d_target)
-        if last >= 1:
-            for seed in range(ctx.n_replicates()):
-                exp = ctx.experiment(recipe, late, seed)
-                target, _, spec = claim3d_target(ctx, _model_of(exp), exp.config.prune)
-                b.branches(exp, [spec], "3d", "claim 3d one-shot")
-                b.level_correct(exp, target, "3d")
-                b.measure(exp, "correct", suite.branch_correct, (spec,), "3d",
-                          [f"branch/{Branch(exp, spec).entry.key}"], f"correctness of {spec.label}",
-                          images=_evaluation_images(exp))
-        # claim 4: weight statistics of levels 0..last-2, the no-retraining chain from level 1, and the
-        # correctness of the chain's end and of IMP's projection at the same density
-        steps, start = int(T.CHAIN_STEPS.value), 1
-        if last >= start + steps + 1:
-            for seed in range(ctx.n_replicates()):
-                exp = ctx.experiment(recipe, late, seed)
-                for level in range(last - 1):
-                    b.measure(exp, "weights", suite.weight_statistics, (level,), "4",
-                              [_level_id(exp, level), _level_id(exp, level + 1)], f"weight statistics level {level}",
-                              images=_evaluation_images(exp))
-                b.measure(exp, "chain", suite.no_retraining, (start, steps), "4", [_level_id(exp, start)],
-                          f"no-retraining chain from level {start}", images=steps * _evaluation_images(exp))
-                b.measure(exp, "correct", suite.chain_correct, (start, steps), "4", [_level_id(exp, start)],
-                          f"correctness of the chain's end from level {start}", images=_evaluation_images(exp))
-                end = start + steps - 1
-                b.measure(exp, "correct", suite.projected_correct, (end,), "4",
-                          [_level_id(exp, end), _level_id(exp, end + 1)], f"correctness of P(w_{end})",
-                          images=_evaluation_images(exp))
+        for claim in planned_claims():  # each claim's own jobs (claims sharing experiments planned once)
+            claim.plan(b, recipe)
     plan.refresh()
     return plan
 
@@ -627,13 +584,10 @@ def progress_weights(plan: Plan, tp: Throughput) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------- selection and progress
 
 def claims_of_test(nodeid: str) -> set[str]:
-    """The claims a collected claims test asks for (claim 3's part d has its own experiments)."""
-    for n in ("1", "2", "4"):
-        if f"test_claim{n}_" in nodeid:
-            return {n}
-    if "test_claim3_" in nodeid:
-        return {"3d"} if "oneshot-fails" in nodeid else {"3"}
-    return set()
+    """The planner tags of the claims a collected claims test asks for (`Claim.owns_test`)."""
+    from .claim import claims_of_test as of_test
+
+    return of_test(nodeid)
 
 
 def select(plan: Plan, claims: set[str]) -> Plan:

@@ -28,14 +28,13 @@ import re
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import numpy as np
 
 from . import __version__
 from . import thresholds as T
@@ -505,7 +504,11 @@ def _to_html(blocks: list, title: str, run_dir: Path) -> str:
 
 # ------------------------------------------------------------------------------------ report body
 
-CLAIM_ORDER = {"1": 0, "2": 1, "3a": 2, "3b": 3, "3c": 4, "3d": 5, "4": 6}
+def _claims() -> dict:
+    """The registered claims by id (lth_checks.claim): each renders its own tables and figures."""
+    from .claim import registry
+
+    return registry()
 
 
 def _anchor(i: int, o: dict) -> str:
@@ -581,166 +584,6 @@ def _generic_table(rows: list[dict]) -> Table:
     return _table(rows, [(k, _g(k)) for k in keys])
 
 
-def _measured_claim1(doc: dict, o: dict, m: dict) -> list:
-    tau = _tau(doc, o)
-    floor = _tau(doc, o, "HIGH_SPARSITY_DENSITY", None)
-
-    def agrees(r: dict) -> str:
-        b = _ci(r.get("barrier_pp"))
-        if b is None or not isinstance(r.get("matching"), bool):
-            return "–"
-        lo, hi = b[1], b[2]
-        if lo is not None and hi is not None:  # a paired-bootstrap interval: only determined calls agree or not
-            connected = True if hi <= tau else False if lo > tau else None
-            return "undetermined" if connected is None else fmt(r["matching"] == connected)
-        return fmt(r["matching"] == (b[0] <= tau))
-
-    def pooled(r: dict) -> str:
-        d = _num(r.get("next_density"))
-        return "–" if d is None or floor is None else fmt(d <= floor + 1e-12)
-
-    def dense(r: dict) -> str:
-        d, e = _num(r.get("dense_error_pp")), _num(r.get("eps_pp"))
-        return "–" if d is None else (f"{d:.3g} + {e:.3g}" if e is not None else f"{d:.3g}")
-
-    cols: list[Column] = [
-        ("rewind k", _g("rewind")),
-        ("L → L+1", lambda r: f"{r.get('level')} → {r['level'] + 1}" if isinstance(r.get("level"), int) else "–"),
-        ("alive L", _g("density", fmt_pct)), ("alive L+1", _g("next_density", fmt_pct)),
-        ("error L (%)", _g("error_pp", fmt_ci)), ("error L+1 (%)", _g("next_error_pp", fmt_ci)),
-        ("dense + ε (%)", dense), ("E(L+1) − dense (pp)", _g("excess_pp", fmt_ci)),
-        ("L+1 matching", _g("matching", _call)),
-        ("barrier test (pp)", _g("barrier_pp", fmt_ci)), ("barrier train (pp)", _g("barrier_train_pp", fmt_ci)),
-        (f"barrier ≤ τ={tau:g} agrees", agrees), ("in high-sparsity pool", pooled)]
-    return [Para("Errors in percent (mean over replicates, with a t-interval only from 3 replicates); "
-                 "E(L+1) − dense and barriers in percentage points with 95% paired-bootstrap intervals, which "
-                 "decide the calls: 'undetermined' where the interval straddles ε or τ."), _table(_rows(o), cols)]
-
-
-_KIND = {"sgd_noise": "SGD noise (control)", "real_pair": "real pair L → L+1", "perturb": "perturbed"}
-
-
-def _measured_claim2(doc: dict, o: dict, m: dict) -> list:
-    cols: list[Column] = [
-        ("rewind k", _g("rewind")), ("level L", _g("level")), ("alive", _g("density", fmt_pct)),
-        ("L matching", _g("level_matching", _call)), ("error L (%)", _g("level_error_pp", fmt_ci)),
-        ("kind", lambda r: _KIND.get(r.get("kind"), str(r.get("kind", "–")))), ("c (× r_L)", _g("c")),
-        ("barrier test (pp)", _g("barrier_pp", fmt_ci)), ("r_L", _g("r_L", fmt_ci))]
-    late = m.get("late_rewind")
-    lead = [Para(f"Late rewind used for the verdict: k = {late}.")] if late is not None else []
-    contrast = m.get("early_vs_late")
-    if isinstance(contrast, dict) and contrast:
-        lead.append(Para("Early vs late rewind (SGD noise and c ≤ 1, at τ = 2 pp; CLAIMS.md expects barriers at "
-                         "k = 0 only): " + "; ".join(
-                             f"k = {c.get('rewind')}: {c.get('established_barriers')} established barriers, "
-                             f"{c.get('established_connected')} established connected, {c.get('undetermined')} "
-                             "undetermined" for c in contrast.values() if isinstance(c, dict)) + "."))
-    return lead + [_table(_rows(o), cols)]
-
-
-def _measured_claim3(doc: dict, o: dict, m: dict) -> list:
-    rows = _rows(o)
-    cols: list[Column] = [
-        ("seed", _g("seed")), ("level", _g("level")), ("alive", _g("density", fmt_pct)),
-        ("λ_max", _g("top_eigenvalue")), ("Hessian trace", _g("trace")),
-        ("p_max magnitude", _g("p_max_magnitude")), ("p_max random", _g("p_max_random")),
-        ("p* magnitude", _g("p_star_magnitude")), ("p* random", _g("p_star_random")),
-        ("p* random (top k only)", _g("p_star_random_top_k_only")),
-        ("p* magnitude (trace tail)", _g("p_star_magnitude_trace_tail")),
-        ("p* random (trace tail)", _g("p_star_random_trace_tail")),
-        ("Rayleigh magnitude", _g("rayleigh_magnitude")), ("Rayleigh random", _g("rayleigh_random")),
-        ("Rayleigh Gaussian", _g("rayleigh_gaussian"))]
-    out: list = []
-    if m.get("rewind") is not None:
-        out.append(Para(f"Rewind k = {m['rewind']}; one row per (replicate seed, level)."))
-    out.append(_table(rows, cols))
-    tau = _tau(doc, o)
-    sweeps = []
-    ps: list[float] = []
-    for r in rows:
-        for strategy in ("magnitude", "random"):
-            sweep = r.get(f"sweep_{strategy}")
-            if isinstance(sweep, list):
-                sweeps.append((r, strategy, {_num(x.get("p")): x for x in sweep if isinstance(x, dict)}))
-                ps += [p for p in sweeps[-1][2] if p is not None and p not in ps]
-    if sweeps:
-        ps.sort()
-
-        def cell(x: dict | None) -> str:
-            if not x:
-                return "–"
-            b = _num(x.get("barrier_pp"))
-            ok = x.get("matching") is True and b is not None and b <= tau
-            text = f"{fmt(_num(x.get('test_error_pp')), 3)} / {fmt(_num(x.get('barrier_pp')), 3)}"
-            return text + (" ✓" if ok else "")
-
-        out.append(Para(f"One-shot sweeps: test error (%) / barrier to w_L (pp) per prune fraction p; ✓ marks "
-                        f"matching and barrier ≤ τ = {tau:g} pp."))
-        out.append(Table(["seed", "level", "strategy", *[f"p = {p:g}" for p in ps]],
-                         [[fmt(r.get("seed")), fmt(r.get("level")), s, *[cell(by_p.get(p)) for p in ps]]
-                          for r, s, by_p in sweeps], css="wide"))
-    out += _theory_detail(rows)
-    return out
-
-
-def _theory_detail(rows: list[dict]) -> list:
-    """Claim 3b's prediction per (seed, level): free dimensions d = (1 - p) * alive against d* ± its
-    standard error at every p, the p* range, and whether the spectral density resolves d*."""
-    theory = [(r, r["theory_random"]) for r in rows if isinstance(r.get("theory_random"), dict)]
-    if not theory:
-        return []
-    ps = sorted({_num(pt.get("p")) for _, t in theory for pt in t.get("points", []) if _num(pt.get("p")) is not None})
-
-    def cell(t: dict, p: float) -> str:
-        pt = next((x for x in t.get("points", []) if _num(x.get("p")) == p), None)
-        if pt is None:
-            return "–"
-        return f"{fmt(_num(pt.get('d')), 4)} / {fmt(_num(pt.get('d_star')), 4)} ± {fmt(_num(pt.get('d_star_se')), 2)}"
-
-    return [Para("Theory (random pruning): free dimensions d = (1 − p)·alive / predicted d* ± SE (top-k exact, "
-                 "bulk by stochastic Lanczos quadrature); p* is the largest p with d ≥ d*; its range moves d* by "
-                 "2 SE; 'resolved' says whether the density's quadrature resolves d* at every p."),
-            Table(["seed", "level", "alive", "p* [range]", "p_max", "resolved", *[f"p = {p:g}" for p in ps]],
-                  [[fmt(r.get("seed")), fmt(r.get("level")), fmt(t.get("alive")),
-                    f"{fmt(r.get('p_star_random'))} [{fmt(t.get('p_star_low'))}, {fmt(t.get('p_star_high'))}]",
-                    fmt(r.get("p_max_random")), "yes" if t.get("resolved") else "no", *[cell(t, p) for p in ps]]
-                   for r, t in theory], css="wide")]
-
-
-def _measured_claim3d(doc: dict, o: dict, m: dict) -> list:
-    labels = {"target_level": "target level", "density": "alive fraction", "dense_error_pp": "dense error (%)",
-              "eps_pp": "ε (pp)", "imp_error_pp": "IMP error at target (%)",
-              "oneshot_error_pp": "one-shot error at target (%)"}
-    rows = [[labels.get(k, k), fmt_pct(v) if k == "density" else fmt(v)] for k, v in m.items() if _is_scalar(v)]
-    return [Table(["quantity", "value"], rows)]
-
-
-def _measured_claim4(doc: dict, o: dict, m: dict) -> list:
-    out: list = []
-    scalars = [[k, fmt(v)] for k, v in m.items() if _is_scalar(v)]
-    if scalars:
-        out.append(Table(["quantity", "value"], scalars))
-    imp_cols: list[Column] = [
-        ("level L", _g("level")), ("alive L", _g("density", fmt_pct)),
-        ("‖w_L − P(w_L)‖ / ‖w_L‖", _g("relative_projection_length")), ("threshold t_L", _g("threshold")),
-        ("error w_L (%)", _g("solution_test_error", fmt_err)),
-        ("error P(w_L) (%)", _g("projected_test_error", fmt_err)),
-        ("refill below t_L", _g("refill_fraction_below_threshold")),
-        ("new small-weight share", _g("new_small_weight_share"))]
-    if _rows(o, "imp"):
-        out += [Heading(4, "With retraining (IMP, first replicate)"), _table(_rows(o, "imp"), imp_cols)]
-    chain_cols: list[Column] = [
-        ("step", _g("step")), ("alive", _g("density", fmt_pct)),
-        ("relative projection length", _g("relative_projection_length")),
-        ("error projected (%)", _g("projected_test_error", fmt_err)),
-        ("train error projected (%)", _g("projected_train_error", fmt_err))]
-    if _rows(o, "chain"):
-        out += [Heading(4, "Without retraining (chain, first replicate)"), _table(_rows(o, "chain"), chain_cols)]
-    if _rows(o, "per_replicate"):
-        out += [Heading(4, "Verdict inputs per replicate"), _generic_table(_rows(o, "per_replicate"))]
-    return out
-
-
 def _measured_generic(doc: dict, o: dict, m: dict) -> list:
     out: list = []
     scalars = [[k, fmt(v)] for k, v in m.items() if _is_scalar(v)]
@@ -750,12 +593,6 @@ def _measured_generic(doc: dict, o: dict, m: dict) -> list:
         if isinstance(v, list) and v and all(isinstance(r, dict) for r in v):
             out += [Heading(4, k), _generic_table(v)]
     return out
-
-
-_MEASURED = {"1": _measured_claim1, "2": _measured_claim2, "3a": _measured_claim3, "3b": _measured_claim3,
-             "3c": _measured_claim3, "3d": _measured_claim3d, "4": _measured_claim4}
-_SHOWN = {"1": {"rows"}, "2": {"rows", "late_rewind"}, "3a": {"rows", "rewind"}, "3b": {"rows", "rewind"},
-          "3c": {"rows", "rewind"}, "4": {"imp", "chain", "per_replicate"}}
 
 
 def _outcome_section(doc: dict, i: int, o: dict, figures: list[Fig]) -> list:
@@ -789,9 +626,9 @@ def _outcome_section(doc: dict, i: int, o: dict, figures: list[Fig]) -> list:
         blocks.append(Para("No measurements recorded for this outcome (e.g. a training run diverged); "
                            "no figure is drawn.", note=True))
     else:
-        render = _MEASURED.get(claim, _measured_generic)
-        blocks += render(doc, o, m)
-        shown = _SHOWN.get(claim)
+        spec = _claims().get(claim)
+        blocks += spec.tables(doc, o, m) if spec is not None else _measured_generic(doc, o, m)
+        shown = spec.tabulated if spec is not None else None
         if shown is not None:
             rest = [k for k in m if k not in shown and not _is_scalar(m[k])]
             if rest:
@@ -832,9 +669,11 @@ def _build(doc: dict, run_id: str, figures: dict[int, list[Fig]], figure_errors:
                Para("PASS: the prediction held. FAIL: it was contradicted. INCONCLUSIVE: the run could not "
                     "discriminate (too few replicates, one class absent, a divergence, a saturated grid); "
                     "INCONCLUSIVE is not a pass.", note=True)]
+    order_of = {c: n for n, c in enumerate(_claims())}
+
     def sort_key(i: int) -> tuple:
         claim = str(outcomes[i].get("claim"))
-        return CLAIM_ORDER.get(claim, 99), claim, str(outcomes[i].get("recipe")), i
+        return order_of.get(claim, len(order_of)), claim, str(outcomes[i].get("recipe")), i
 
     order = sorted(range(len(outcomes)), key=sort_key)
     vt_rows, attrs = [], []
@@ -918,337 +757,6 @@ def _render(run_dir: Path, doc: dict) -> None:
 
 # ---------------------------------------------------------------------------------------- figures
 
-_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-
-
-def _new_figure(width: float = 7.5, height: float = 4.8):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=110, layout="constrained")
-
-
-def _density_axis(ax, densities: Iterable[float]) -> None:
-    """Log x of alive fraction, decreasing to the right, ticks at the measured densities in percent."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
-    ds = sorted({round(d, 12) for d in densities if d and d > 0}, reverse=True)
-    ax.set_xscale("log")
-    if ds:
-        step = max(1, math.ceil(len(ds) / 9))
-        ax.xaxis.set_major_locator(FixedLocator(ds[::step]))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlim(max(ds) * 1.12, min(ds) / 1.12)  # decreasing density left to right
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.3g}%"))
-    ax.set_xlabel("alive fraction of prunable weights (log scale; sparser to the right)")
-    ax.grid(True, alpha=0.3)
-
-
-def _errorbar(ax, xs, cis, **kw):
-    ys = [c[0] for c in cis]
-    lo = [c[0] - c[1] if c[1] is not None else 0.0 for c in cis]
-    hi = [c[2] - c[0] if c[2] is not None else 0.0 for c in cis]
-    return ax.errorbar(xs, ys, yerr=[lo, hi], capsize=3, **kw)
-
-
-def _by(rows: list[dict], key: str) -> dict:
-    out: dict = {}
-    for r in rows:
-        out.setdefault(r.get(key), []).append(r)
-    return dict(sorted(out.items(), key=lambda kv: (kv[0] is None, kv[0] if isinstance(kv[0], (int, float)) else 0)))
-
-
-def _fig_error_vs_density(doc: dict, o: dict):
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    rows = [r for r in _rows(o) if isinstance(r.get("level"), int)]
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    densities, plotted = [], False
-    for i, (k, rs) in enumerate(_by(rows, "rewind").items()):
-        color = _COLORS[i % len(_COLORS)]
-        pts: dict[int, tuple[float, tuple]] = {}
-        for r in rs:
-            d, c = _num(r.get("density")), _ci(r.get("error_pp"))
-            if d and c:
-                pts.setdefault(r["level"], (d, c))
-            d, c = _num(r.get("next_density")), _ci(r.get("next_error_pp"))
-            if d and c:
-                pts.setdefault(r["level"] + 1, (d, c))
-        if not pts:
-            continue
-        levels = sorted(pts)
-        xs = [pts[L][0] for L in levels]
-        _errorbar(ax, xs, [pts[L][1] for L in levels], fmt="o-", color=color, ms=4, label=f"rewind k = {k}")
-        densities += xs
-        plotted = True
-        base = next(((_num(r.get("dense_error_pp")), _num(r.get("eps_pp"))) for r in rs
-                     if _num(r.get("dense_error_pp")) is not None), (None, None))
-        if base[0] is not None:
-            eps = base[1] or 0.0
-            ax.axhspan(base[0], base[0] + eps, color=color, alpha=0.12, lw=0)
-            ax.axhline(base[0] + eps, color=color, ls="--", lw=1)
-    if not plotted:
-        return None
-    _density_axis(ax, densities)
-    floor = _tau(doc, o, "HIGH_SPARSITY_DENSITY", None)
-    handles, _ = ax.get_legend_handles_labels()
-    handles += [Patch(color="grey", alpha=0.25, label="dense error to dense + ε (matching band)"),
-                Line2D([], [], color="grey", ls="--", lw=1, label="dense + ε: matching at or below")]
-    if floor is not None and min(densities) <= floor:
-        ax.axvline(floor, color="black", ls=":", lw=1)
-        handles.append(Line2D([], [], color="black", ls=":", lw=1, label=f"claim-1 pool: ≤ {100 * floor:.3g}% alive"))
-    ax.legend(handles=handles, fontsize=8, loc="upper left")
-    ax.set_ylabel("test error (%), mean with 95% interval")
-    ax.set_title(f"Claim 1 ({o.get('recipe')}): IMP test error vs sparsity")
-    return fig
-
-
-def _fig_barrier_vs_density(doc: dict, o: dict):
-    from matplotlib.lines import Line2D
-
-    rows = [r for r in _rows(o) if _num(r.get("next_density")) and _ci(r.get("barrier_pp"))]
-    if not rows:
-        return None
-    tau = _tau(doc, o)
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    densities = []
-    for i, (k, rs) in enumerate(_by(rows, "rewind").items()):
-        color = _COLORS[i % len(_COLORS)]
-        rs = sorted(rs, key=lambda r: -r["next_density"])
-        xs = [r["next_density"] for r in rs]
-        densities += xs
-        cis = [_ci(r["barrier_pp"]) for r in rs]
-        _errorbar(ax, xs, cis, fmt="-", color=color, label=f"rewind k = {k} (test)")
-        for match, face in ((True, color), (False, "white")):
-            sel = [(x, c[0]) for x, c, r in zip(xs, cis, rs) if r.get("matching") is match]
-            if sel:
-                ax.scatter(*zip(*sel), s=36, facecolors=face, edgecolors=color, zorder=3, linewidths=1.4)
-        train = [(x, _ci(r.get("barrier_train_pp"))) for x, r in zip(xs, rs) if _ci(r.get("barrier_train_pp"))]
-        if train:
-            ax.plot([t[0] for t in train], [t[1][0] for t in train], ls=":", marker="x", ms=4, color=color, lw=1,
-                    label=f"rewind k = {k} (training subset)")
-    _density_axis(ax, densities)
-    ax.set_xlabel("alive fraction of level L+1 (log scale; sparser to the right)")
-    ax.axhline(tau, color="black", ls="--", lw=1.2)
-    handles, labels = ax.get_legend_handles_labels()
-    handles = [h for h, lab in zip(handles, labels) if "(test)" in lab] + \
-        [h for h, lab in zip(handles, labels) if "(test)" not in lab]
-    handles += [Line2D([], [], color="black", ls="--", label=f"τ = {tau:g} pp (linearly connected below)"),
-                Line2D([], [], color="grey", marker="o", ls="", label="level L+1 matching"),
-                Line2D([], [], color="grey", marker="o", mfc="white", ls="", label="level L+1 not matching")]
-    ax.legend(handles=handles, fontsize=8, loc="upper left")
-    ax.set_ylabel("error barrier between w_L and w_{L+1} (pp)")
-    ax.set_title(f"Claim 1 ({o.get('recipe')}): successive-level barrier vs sparsity")
-    return fig
-
-
-def _fig_barrier_vs_c(doc: dict, o: dict):
-    from matplotlib.lines import Line2D
-
-    rows = [r for r in _rows(o) if _ci(r.get("barrier_pp")) and _num(r.get("c")) is not None]
-    if not rows:
-        return None
-    m = o.get("measured") or {}
-    rewinds = sorted({r.get("rewind") for r in rows if isinstance(r.get("rewind"), int)})
-    late = m.get("late_rewind") if m.get("late_rewind") in rewinds else (max(rewinds) if rewinds else None)
-    others = [k for k in rewinds if k != late]
-    styles = {late: "-", **{k: s for k, s in zip(others, ("--", "-.", ":", (0, (5, 1, 1, 1))))}}
-    levels = sorted({r.get("level") for r in rows if isinstance(r.get("level"), int)})
-    if not levels:
-        return None
-    density = {r["level"]: _num(r.get("density")) for r in rows if isinstance(r.get("level"), int)}
-    fig = _new_figure(8.0, 5.0)
-    ax = fig.add_subplot()
-    for i, level in enumerate(levels):
-        color = _COLORS[i % len(_COLORS)]
-        for k in [late, *others]:
-            sel = [r for r in rows if r.get("level") == level and r.get("rewind") == k]
-            pert = sorted((r for r in sel if r.get("kind") == "perturb"), key=lambda r: r["c"])
-            if pert:
-                _errorbar(ax, [r["c"] for r in pert], [_ci(r["barrier_pp"]) for r in pert], fmt="o",
-                          ls=styles.get(k, "--"), color=color, ms=4)
-            face = color if k == late else "white"
-            for kind, marker in (("sgd_noise", "s"), ("real_pair", "*")):
-                for r in sel:
-                    if r.get("kind") == kind:
-                        ax.scatter([r["c"]], [_ci(r["barrier_pp"])[0]], marker=marker, s=90 if marker == "*" else 45,
-                                   facecolors=face, edgecolors=color, zorder=4, linewidths=1.2)
-    tau = _tau(doc, o)
-    ax.axhline(tau, color="black", ls="--", lw=1.2)
-    handles = [Line2D([], [], color=_COLORS[i % len(_COLORS)], marker="o", ms=4,
-                      label=f"level {L}" + (f" ({fmt_pct(density.get(L))} alive)" if density.get(L) else ""))
-               for i, L in enumerate(levels)]
-    handles += [Line2D([], [], color="grey", ls=styles[late], label=f"perturbed, rewind k = {late} (late)")]
-    handles += [Line2D([], [], color="grey", ls=styles[k], label=f"perturbed, rewind k = {k}") for k in others]
-    handles += [Line2D([], [], color="grey", marker="s", ls="", label="control: SGD noise only (c = 0)"),
-                Line2D([], [], color="grey", marker="*", ms=10, ls="", label="control: real pair L → L+1 (c = 1)"),
-                Line2D([], [], color="black", ls="--", label=f"τ = {tau:g} pp")]
-    if others:
-        handles.append(Line2D([], [], color="grey", marker="s", mfc="white", ls="",
-                              label="open markers: other rewinds"))
-    ax.legend(handles=handles, fontsize=7.5, loc="upper left", ncol=2)
-    ax.set_xlabel("perturbation size c (units of r_L = ‖(m_L − m_{L+1}) ⊙ w_k‖)")
-    ax.set_ylabel("error barrier to the unperturbed w_L (pp)")
-    ax.set_title(f"Claim 2 ({o.get('recipe')}): barrier vs perturbation size")
-    ax.grid(True, alpha=0.3)
-    return fig
-
-
-def _fig_flatness(doc: dict, oa: dict | None, ob: dict | None):
-    rows_a = _rows(oa) if oa else []
-    rows_b = _rows(ob) if ob else []
-    rows_a, rows_b = rows_a or rows_b, rows_b or rows_a
-    left = [r for r in rows_a
-            if _num(r.get("top_eigenvalue")) is not None and _num(r.get("p_max_magnitude")) is not None]
-    right = {s: [r for r in rows_b if _num(r.get(f"p_max_{s}")) is not None and _num(r.get(f"p_star_{s}")) is not None]
-             for s in ("magnitude", "random")}
-    if not left and not any(right.values()):
-        return None
-    recipe = (oa or ob or {}).get("recipe")
-    fig = _new_figure(12.0, 5.0)
-    ax1, ax2 = fig.subplots(1, 2)
-    levels = sorted({r.get("level") for r in left if isinstance(r.get("level"), int)})
-    if left:
-        for i, level in enumerate(levels):
-            sel = [r for r in left if r.get("level") == level]
-            d = _num(sel[0].get("density"))
-            label = f"level {level}" + (f" ({fmt_pct(d)} alive)" if d else "")
-            ax1.scatter([r["top_eigenvalue"] for r in sel], [r["p_max_magnitude"] for r in sel], s=40,
-                        color=_COLORS[i % len(_COLORS)], label=label, alpha=0.6)
-            # the rank correlation is computed on per-level means over replicates: show them
-            ax1.scatter([float(np.mean([r["top_eigenvalue"] for r in sel]))],
-                        [float(np.mean([r["p_max_magnitude"] for r in sel]))], marker="X", s=110,
-                        color=_COLORS[i % len(_COLORS)], edgecolor="black", linewidth=0.8,
-                        label="level mean (used by ρ)" if i == 0 else None)
-        eig = [r["top_eigenvalue"] for r in left]
-        if min(eig) > 0 and max(eig) / min(eig) > 20:
-            ax1.set_xscale("log")
-        ax1.set_ylim(-0.05, 1.0)
-        ax1.legend(fontsize=8, title="replicates × levels", title_fontsize=8)
-        effect = (oa or {}).get("effect") or {}
-        rho = _num(effect.get("spearman_rho"))
-        extra = f"; Spearman ρ = {rho:+.2f}" + (f", p = {effect['p_value_one_sided']:.3g}"
-                                                 if _num(effect.get("p_value_one_sided")) is not None else "") \
-            if rho is not None else ""
-        ax1.set_title(f"Claim 3a: sharpness vs prune limit{extra}", fontsize=10)
-    else:
-        ax1.text(0.5, 0.5, "no Claim 3a data", ha="center", va="center", transform=ax1.transAxes)
-    ax1.set_xlabel("top Hessian eigenvalue λ_max of the training loss at w_L")
-    ax1.set_ylabel("measured p_max, magnitude pruning (fraction)")
-    ax1.grid(True, alpha=0.3)
-    tol = _tau(doc, ob or oa or {}, "P_STAR_TOLERANCE", None)
-    ax2.plot([0, 1], [0, 1], color="black", lw=1, label="y = x")
-    if tol is not None:
-        ax2.fill_between([0, 1], [-tol, 1 - tol], [tol, 1 + tol], color="grey", alpha=0.15, lw=0,
-                         label=f"± {tol:g} tolerance (Claim 3b)")
-    for (s, marker, color, dx) in (("magnitude", "o", _COLORS[0], -0.01), ("random", "^", _COLORS[3], 0.01)):
-        sel = right[s]
-        if sel:
-            ax2.scatter([r[f"p_max_{s}"] + dx for r in sel], [r[f"p_star_{s}"] for r in sel], marker=marker, s=40,
-                        color=color, alpha=0.8, label=f"{s} pruning")
-    if any(right.values()):
-        ax2.set_xlim(-0.05, 1.0)
-        ax2.set_ylim(-0.05, 1.0)
-        ax2.set_aspect("equal")
-        ax2.legend(fontsize=8, loc="lower right")
-        ax2.set_title("Claim 3b: predicted p* vs measured p_max", fontsize=10)
-    else:
-        ax2.text(0.5, 0.5, "no Claim 3b data", ha="center", va="center", transform=ax2.transAxes)
-    ax2.set_xlabel("measured p_max (largest matching and connected one-shot fraction)")
-    ax2.set_ylabel("predicted p* (quadratic sublevel-set theory)")
-    ax2.grid(True, alpha=0.3)
-    fig.suptitle(f"Claim 3 ({recipe}): flatness and the prune fraction per level")
-    return fig
-
-
-def _fig_small_weights(doc: dict, o: dict):
-    m = o.get("measured") or {}
-    hists = m.get("histograms") if isinstance(m.get("histograms"), dict) else {}
-    good = {}
-    for key, h in hists.items():
-        lvl = _float_or_none(key)
-        if isinstance(h, dict) and isinstance(h.get("edges"), list) and len(h["edges"]) >= 2 and lvl is not None:
-            good[int(lvl)] = h
-    imp = [r for r in _rows(o, "imp") if _num(r.get("density"))]
-    chain = [r for r in _rows(o, "chain") if _num(r.get("density"))]
-    if not good and not imp and not chain:
-        return None
-    import numpy as np
-
-    shown = sorted(good)
-    if len(shown) > 4:
-        shown = [shown[int(round(j))] for j in np.linspace(0, len(shown) - 1, 4)]
-    fig = _new_figure(13.0, 8.0 if shown and (imp or chain) else 4.6)
-    rows_n = (1 if shown else 0) + (1 if imp or chain else 0)
-    grid = fig.add_gridspec(rows_n, max(len(shown), 2) * 2)
-    by_level = {r.get("level"): r for r in imp}
-    width = max(len(shown), 2) * 2
-    if shown:
-        span = width // len(shown)
-        for j, level in enumerate(shown):
-            ax = fig.add_subplot(grid[0, j * span:(j + 1) * span])
-            h = good[level]
-            edges = np.asarray([e if _num(e) is not None else 0.0 for e in h["edges"]], float)
-            for key, color, label in (("projected", _COLORS[0], "P(w_L): projection survivors"),
-                                      ("retrained", _COLORS[3], "w_{L+1}: after retraining")):
-                counts = h.get(key)
-                if isinstance(counts, list) and len(counts) == len(edges) - 1:
-                    ax.stairs([c or 0 for c in counts], edges, color=color, lw=1.4, label=label,
-                              fill=key == "projected", alpha=0.35 if key == "projected" else 1.0)
-            t = _num((by_level.get(level) or {}).get("threshold"))
-            if t is not None:
-                ax.axvline(t, color="black", ls="--", lw=1, label="threshold t_L")
-            d = _num((by_level.get(level) or {}).get("density"))
-            ax.set_title(f"level {level} → {level + 1}" + (f" ({fmt_pct(d)} alive at L)" if d else ""), fontsize=9)
-            ax.set_xlabel("|w|")
-            if j == 0:
-                ax.set_ylabel("number of weights")
-                ax.legend(fontsize=7, loc="best")
-            ax.grid(True, alpha=0.3)
-    if imp or chain:
-        r = 1 if shown else 0
-        half = width // 2
-        ax_len = fig.add_subplot(grid[r, :half])
-        ax_err = fig.add_subplot(grid[r, half:])
-        ratio = (imp[1]["density"] / imp[0]["density"]) if len(imp) >= 2 else None
-
-        def after(i: int, row: dict) -> float | None:  # IMP's projection lands on the next level's density
-            if i + 1 < len(imp):
-                return imp[i + 1]["density"]
-            return row["density"] * ratio if ratio else None
-
-        imp_x = [(after(i, row), row) for i, row in enumerate(imp)]
-        imp_x = [(x, row) for x, row in imp_x if x]
-        chain_x = [(row["density"], row) for row in chain]
-        densities = [x for x, _ in imp_x + chain_x]
-        for data, label, color, marker in ((imp_x, "with retraining (IMP)", _COLORS[2], "o"),
-                                           (chain_x, "without retraining (chain)", _COLORS[1], "s")):
-            pts = [(x, _num(row.get("relative_projection_length"))) for x, row in data]
-            pts = [p for p in pts if p[1] is not None]
-            if pts:
-                ax_len.plot(*zip(*pts), marker=marker, color=color, label=label)
-            pts = [(x, 100 * _num(row.get("projected_test_error"))) for x, row in data
-                   if _num(row.get("projected_test_error")) is not None]
-            if pts:
-                ax_err.plot(*zip(*pts), marker=marker, color=color, label=f"projected, {label}")
-        sol = [(x, 100 * _num(row.get("solution_test_error"))) for x, row in imp_x
-               if _num(row.get("solution_test_error")) is not None]
-        if sol:
-            ax_err.plot(*zip(*sol), marker="o", ls=":", color=_COLORS[2], mfc="white",
-                        label="IMP solution w_L before its projection")
-        for ax in (ax_len, ax_err):
-            _density_axis(ax, densities)
-            ax.set_xlabel("alive fraction after the projection (log scale; sparser to the right)")
-            ax.legend(fontsize=8)
-        ax_len.set_ylabel("relative projection length ‖w − P(w)‖ / ‖w‖")
-        ax_len.set_title("projection length per 20% cut", fontsize=10)
-        ax_err.set_ylabel("test error (%)")
-        ax_err.set_title("error of the projected network (before any retraining)", fontsize=10)
-    fig.suptitle(f"Claim 4 ({o.get('recipe')}): retraining creates new small weights")
-    return fig
-
 
 def _save(fig, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -1258,21 +766,6 @@ def _save(fig, path: Path) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-_FIGURES = {
-    "fig1_error_vs_density": ("1", _fig_error_vs_density,
-                              "Figure 1: test error vs alive fraction per rewind, matching band and 95% intervals"),
-    "fig2_barrier_vs_density": ("1", _fig_barrier_vs_density,
-                                "Figure 2: successive-level error barrier vs alive fraction, with τ"),
-    "fig3_barrier_vs_perturbation": ("2", _fig_barrier_vs_c,
-                                     "Figure 3: barrier vs perturbation size c per level, with SGD-noise and "
-                                     "real-pair controls"),
-    "fig5_small_weights": ("4", _fig_small_weights,
-                           "Figure 5: |w| histograms before and after retraining; projection length and projected "
-                           "error with and without retraining"),
-}
-_FIG4 = ("fig4_flatness", "Figure 4: top Hessian eigenvalue vs measured p_max; predicted p* vs measured p_max")
 
 
 def _make_figures(doc: dict, figdir: Path) -> tuple[dict[int, list[Fig]], list[str]]:
@@ -1307,20 +800,13 @@ def _make_figures(doc: dict, figdir: Path) -> tuple[dict[int, list[Fig]], list[s
         for i in owners:
             figures.setdefault(i, []).append(Fig(f"{FIGURES_DIR}/{fname}", f"{caption} ({recipe})"))
 
+    claims = _claims()
     for i, o in enumerate(outcomes):
-        for stem, (claim, fn, caption) in _FIGURES.items():
-            if str(o.get("claim")) == claim and isinstance(o.get("measured"), dict):
-                draw(stem, caption, str(o.get("recipe", "?")), [i], lambda fn=fn, o=o: fn(doc, o))
-    recipes = list(dict.fromkeys(str(o.get("recipe", "?")) for o in outcomes))
-    for recipe in recipes:
-        a = [i for i, o in enumerate(outcomes) if o.get("recipe") == recipe and o.get("claim") == "3a"
-             and _rows(o)]
-        b = [i for i, o in enumerate(outcomes) if o.get("recipe") == recipe and o.get("claim") == "3b"
-             and _rows(o)]
-        for j in range(max(len(a), len(b))):
-            ia, ib = (a[j] if j < len(a) else None), (b[j] if j < len(b) else None)
-            owners = [i for i in (ia, ib) if i is not None]
-            draw(_FIG4[0], _FIG4[1], recipe, owners,
-                 lambda ia=ia, ib=ib: _fig_flatness(doc, None if ia is None else outcomes[ia],
-                                                    None if ib is None else outcomes[ib]))
+        spec = claims.get(str(o.get("claim")))
+        if spec is not None and isinstance(o.get("measured"), dict):
+            for f in spec.figures(doc, o):
+                draw(f.stem, f.caption, str(o.get("recipe", "?")), [i], f.draw)
+    for spec in claims.values():  # figures drawn from several outcomes (claim parts shown together)
+        for f, recipe, owners in spec.shared_figures(doc, outcomes):
+            draw(f.stem, f.caption, recipe, owners, f.draw)
     return figures, errors

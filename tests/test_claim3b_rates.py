@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from lth_checks import thresholds as T
-from lth_checks import verdicts as V
-from lth_checks.verdicts import FAIL, INCONCLUSIVE, PASS, PStarCase
+from lth_checks.paper import claim3_flatness as C3
+from lth_checks.paper.claim3_flatness import PStarCase
+from lth_checks.verdicts import FAIL, INCONCLUSIVE, PASS
 
 GRID = tuple(T.ONESHOT_GRID.value)
 RUNS = 2000
@@ -32,25 +33,25 @@ def _cases(pred: list[float], meas: list[float], seeds: int = 1, **kw) -> list[P
 
 
 def test_planted_cases() -> None:
-    assert V.claim3b(_cases([0.6, 0.4, 0.4], [0.6, 0.4, 0.2]), GRID).verdict == PASS
-    assert V.claim3b(_cases([0.4, 0.4, 0.2], [0.9, 0.9, 0.8]), GRID).verdict == FAIL
+    assert C3.rule_3b(_cases([0.6, 0.4, 0.4], [0.6, 0.4, 0.2]), GRID).verdict == PASS
+    assert C3.rule_3b(_cases([0.4, 0.4, 0.2], [0.9, 0.9, 0.8]), GRID).verdict == FAIL
     # a full-spectrum prediction at the grid's end is a prediction: far from p_max it is a disagreement
-    v = V.claim3b(_cases([0.9, 0.9, 0.9], [0.2, 0.2, 0.0]), GRID)
+    v = C3.rule_3b(_cases([0.9, 0.9, 0.9], [0.2, 0.2, 0.0]), GRID)
     assert v.verdict == FAIL and v.effect["predictions_at_grid_end"] == 3
     # both at the grid's end says only "both >= 0.9": reported, never counted
-    v = V.claim3b(_cases([0.9, 0.9, 0.9, 0.9], [0.9, 0.9, 0.9, 0.9]), GRID)
+    v = C3.rule_3b(_cases([0.9, 0.9, 0.9, 0.9], [0.9, 0.9, 0.9, 0.9]), GRID)
     assert v.verdict == INCONCLUSIVE and v.effect["censored_levels"] == 4 and "grid's end" in v.summary
     # two determined levels are too few
-    assert V.claim3b(_cases([0.6, 0.4], [0.6, 0.4]), GRID).verdict == INCONCLUSIVE
+    assert C3.rule_3b(_cases([0.6, 0.4], [0.6, 0.4]), GRID).verdict == INCONCLUSIVE
     # unresolved densities and uncertain p* (range across the tolerance) are undetermined
-    assert V.claim3b(_cases([0.6, 0.4, 0.4], [0.6, 0.4, 0.2], resolved=False), GRID).verdict == INCONCLUSIVE
+    assert C3.rule_3b(_cases([0.6, 0.4, 0.4], [0.6, 0.4, 0.2], resolved=False), GRID).verdict == INCONCLUSIVE
     wide = _cases([0.6, 0.4, 0.4], [0.6, 0.4, 0.2], predicted_low=0.2, predicted_high=0.9)
-    assert V.claim3b(wide, GRID).verdict == INCONCLUSIVE
+    assert C3.rule_3b(wide, GRID).verdict == INCONCLUSIVE
     # replicates of one level are one piece of evidence: one agreeing, one not -> undetermined level
     split = [PStarCase(9, 0, 0.6, 0.6), PStarCase(9, 1, 0.6, 0.0), *_cases([0.4, 0.4], [0.4, 0.2])]
-    v = V.claim3b(split, GRID)
+    v = C3.rule_3b(split, GRID)
     assert v.verdict == INCONCLUSIVE and v.effect["undetermined_levels"] == 1 and v.effect["determined_levels"] == 2
-    assert V.claim3b([], GRID).verdict == INCONCLUSIVE
+    assert C3.rule_3b([], GRID).verdict == INCONCLUSIVE
 
 
 def _run(rng: np.random.Generator, model: str, levels: int, reps: int) -> str:
@@ -71,7 +72,7 @@ def _run(rng: np.random.Generator, model: str, levels: int, reps: int) -> str:
                 meas = _floor(t + rng.normal(0, 0.07))
             pred = _floor(basis + rng.normal(0, 0.05))
             cases.append(PStarCase(level, seed, pred, meas))
-    return V.claim3b(cases, GRID).verdict
+    return C3.rule_3b(cases, GRID).verdict
 
 
 def _rates(model: str, levels: int, reps: int) -> dict[str, float]:

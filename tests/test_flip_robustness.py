@@ -17,7 +17,7 @@ import pytest
 
 from lth_checks import rates
 from lth_checks.archive import decode, read_archive
-from lth_checks.evidence import decide
+from lth_checks.claim import decide
 
 RECORDED = Path(__file__).parent / "data" / "smoke_evidence.json.gz"
 OPPOSITE = {"PASS": "FAIL", "FAIL": "PASS"}

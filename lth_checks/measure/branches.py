@@ -5,9 +5,9 @@ the same resumable, checkpointed loop as the IMP levels.
 
 - sgd_noise: retrain m_L * w_k with another data-order seed (LMC's instability test).
 - perturb:   retrain m_L * w_k + delta, delta Gaussian on the alive coordinates of m_L with
-             norm c * r_L (Claim 2); an independent direction for every (c, replicate, level).
+             norm c * r_L (the perturbation claim); an independent direction for every (c, replicate, level).
 - oneshot:   prune a fraction p of the alive weights of w_L by magnitude or at random, rewind to
-             w_k with that mask, retrain (Claim 3's p_max). At the lineage's own fraction and
+             w_k with that mask, retrain (the flatness claim's p_max). At the lineage's own fraction and
              magnitude strategy this is IMP's level L+1, which is read instead of trained again.
 """
 

@@ -1,4 +1,4 @@
-"""Curvature of the training loss at a trained state, restricted to the alive weights (Claim 3).
+"""Curvature of the training loss at a trained state, restricted to the alive weights (the flatness claim).
 
 The Hessian is taken with respect to the *alive coordinates* of a mask only: the True
 entries of every mask tensor, flattened row-major within a tensor and concatenated in
@@ -736,7 +736,7 @@ def summarize_hessian(
     power_iters: int = 100,
     power_tol: float = 1e-4,
 ) -> HessianSummary:
-    """Curvature summary of the training loss at the model's current weights (Claim 3).
+    """Curvature summary of the training loss at the model's current weights (the flatness claim).
 
     If ``subset_size`` is given and smaller than N, a seeded random subset of that many
     examples is used (CLAIMS.md asks for >= 4,096); ``n_examples`` records how many were
@@ -746,7 +746,7 @@ def summarize_hessian(
     The bulk density comes from ``density_probes`` SLQ probes of the complement of the top-k
     Ritz vectors: the top-k run itself (its own Gaussian start vector, top-k nodes dropped) and
     ``density_probes - 1`` runs of ``density_steps`` steps (30 steps: on the smoke MLP's exact spectrum the
-    d* of Claim 3 is then within ~1% bias, 20 steps give ~6%); the trace is the exact top-k
+    d* of the prune-limit theory is then within ~1% bias, 20 steps give ~6%); the trace is the exact top-k
     sum plus the bulk's SLQ estimate (Hutchinson on the deflated operator), with its
     standard error over probes.
     """

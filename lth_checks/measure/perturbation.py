@@ -1,4 +1,4 @@
-"""Perturbations of the pruned rewind point (Claim 2).
+"""Perturbations of the pruned rewind point (the perturbation claim).
 
 r_L = ||(m_L - m_{L+1}) * w_k||_2 is the norm of the rewind-point weights the next mask removes,
 i.e. the distance between successive pruned rewind points. A perturbation is a seeded Gaussian

@@ -111,7 +111,7 @@ def _hessian_inputs(exp: Experiment, s: MeasureSettings):
 
 
 def hessian_mask(exp: Experiment, level: int) -> dict:
-    """The coordinates of the Hessian: alive weights of the layers pruning ranks (CLAIMS.md Claim 3:
+    """The coordinates of the Hessian: alive weights of the layers pruning ranks (CLAIMS.md, flatness claim:
     "restricted to the alive coordinates"); excluded layers are left out, as from the theory's alive count."""
     mask = exp.mask(level)
     return {n: mask[n] for n in exp.ranked_names}
@@ -139,7 +139,7 @@ def prune_limit(exp: Experiment, level: int, strategy: str, s: MeasureSettings =
                 tail: str = "density") -> dict:
     """Predicted p* of the quadratic model at w_L for `strategy` ('magnitude' or 'random').
 
-    tail="density": top-k eigenvalues exact, the rest from the SLQ density (CLAIMS.md Claim 3).
+    tail="density": top-k eigenvalues exact, the rest from the SLQ density (CLAIMS.md, flatness claim).
     tail="zero": eigenvalues beyond the top k are 0 (the top-k form; an upper bound on p*).
     tail="trace": the trace not explained by the top k is spread evenly over the remaining
     dimensions (ours; a less optimistic bulk).
@@ -166,7 +166,7 @@ def prune_limit(exp: Experiment, level: int, strategy: str, s: MeasureSettings =
 
 
 def pruning_direction_curvature(exp: Experiment, level: int, s: MeasureSettings = MeasureSettings()) -> dict:
-    """Rayleigh quotients of the magnitude-pruning direction and of random pruning directions (Claim 3c).
+    """Rayleigh quotients of the magnitude-pruning direction and of random pruning directions (flatness claim, c).
 
     "A random one of the same size" is a random variable: its curvature is averaged over
     `s.random_directions` draws (each removing the same number of weights), and every draw is kept.

@@ -1,4 +1,4 @@
-"""The quadratic-model prune limit of CLAIMS.md Claim 3 (Larsen et al., ICLR 2022, as adapted by the paper).
+"""The quadratic-model prune limit of CLAIMS.md's flatness claim (Larsen et al., ICLR 2022, as adapted by the paper).
 
 Model: near a solution w_L the training loss is quadratic with Hessian eigenvalues
 lambda_i, so the eps-sublevel set is an ellipsoid with semi-axes sqrt(2 eps / lambda_i).
@@ -190,7 +190,7 @@ def projection_delta(
 ) -> dict[str, torch.Tensor]:
     """w - P_p(w) as full-shape tensors (one per mask key): the removed weights, zero elsewhere.
 
-    This is the pruning direction of Claim 3(c); weights at already-pruned coordinates
+    This is the pruning direction of the flatness claim's part c; weights at already-pruned coordinates
     are ignored (they are zero in a masked solution).
     """
     new = _pruned_mask(weights, mask, p, strategy, seed, exclude)

@@ -1,4 +1,4 @@
-"""Weight statistics of projections and retraining (Claim 4).
+"""Weight statistics of projections and retraining (the small-weights claim).
 
 For level L with solution w_L, mask m_L and next mask m_{L+1} = prune(w_L):
 - relative projection length ||w_L - P(w_L)|| / ||w_L|| with P(w_L) = m_{L+1} * w_L;

@@ -1,0 +1,178 @@
+"""What a claim is: one small interface that the pytest plugin, the report, the evidence archive and
+the planner use, and the registry of every claim a run knows.
+
+A claim (one module, e.g. `lth_checks/paper/claim1_connectivity.py`) subclasses `Claim` and says:
+what it is (`id`, `title`, the names of its thresholds in `thresholds.py`, the choices it makes),
+what it needs (`plan`: the jobs it adds to the planner), what it measures (`evidence`: a JSON-ready
+dict of per-example correctness and scalars), how it decides (`decide`: verdict, tau sweep and
+measured tables from the evidence alone, so an archive can be re-decided without weights), and how
+it shows (`tables`, `figures`). `Claim.run(ctx, recipe)` is the common flow: evidence, decision,
+the scale's premise gate, the outcome record. Registering an instance (`register`) is all the plugin,
+the report, `lth-checks report --from-evidence` and `lth-checks plan` need to know about it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import thresholds as T
+from . import verdicts as V
+
+if TYPE_CHECKING:
+    from .evidence import ClaimContext
+    from .imp import Experiment
+
+
+class NotDecidable(Exception):
+    """Raised by `Claim.evidence` when this run cannot give the claim evidence (too few levels, ...):
+    the outcome is INCONCLUSIVE with the message, and the premise is not consulted."""
+
+    def __init__(self, summary: str, experiments: list | None = None):
+        super().__init__(summary)
+        self.summary = summary
+        self.experiments = experiments or []
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One figure of a claim: file stem, caption, and a function that draws it (a matplotlib Figure, or
+    None when the data do not allow it)."""
+
+    stem: str
+    caption: str
+    draw: Callable[[], Any]
+
+
+class Claim:
+    """One claim of a paper (or one part of it, as 3a-3d), tested by one pytest test per recipe.
+
+    Subclasses set the class attributes and implement `evidence` and `decide`; the rest has defaults.
+    """
+
+    id: str = ""  # short id shown in verdict tables ("1", "3a"); the results schema wants a digit and a letter
+    title: str = ""
+    thresholds: tuple[str, ...] = ()  # names in thresholds.py (or in `own_thresholds`) the verdict depends on
+    own_thresholds: dict[str, T.Threshold] = {}  # thresholds of a claim defined outside thresholds.py
+    test_file: str = ""  # the claims/ test file; `owns_test` maps collected tests to `plan_tag`
+    plan_tag: str = ""  # planner tag of its jobs; claims that share experiments share one ("" = `id`)
+    tabulated: frozenset[str] | None = None  # keys of `measured` that `tables` shows (the rest is listed)
+
+    # --------------------------------------------------------------------------- what it is
+    def choices(self, ctx: ClaimContext) -> list[str]:
+        """Choices (ours unless a source is named) shown in the report beside the common ones."""
+        return []
+
+    def threshold_table(self) -> dict[str, dict]:
+        names = [*self.thresholds, "MIN_REPLICATES_PAPER"]
+        return {n: (self.own_thresholds.get(n) or T.ALL[n]).to_dict() for n in names}
+
+    @property
+    def tag(self) -> str:
+        return self.plan_tag or self.id
+
+    def owns_test(self, nodeid: str) -> bool:
+        """Whether a collected claims test (its node id) asks for this claim's experiments."""
+        return bool(self.test_file) and self.test_file in nodeid
+
+    # --------------------------------------------------------------------------- what it needs
+    def plan(self, b: Any, recipe: str) -> None:
+        """Add the jobs this claim asks for to the planner (`plan._Builder`: `b.ctx`, `b.lineage`,
+        `b.branches`, `b.measure`, ...). Claims sharing a `plan_tag` are planned once, by the first."""
+
+    # --------------------------------------------------------------------------- what it measures
+    def evidence(self, ctx: ClaimContext, recipe: str, outcome: dict) -> tuple[dict, list[Experiment]]:
+        """(evidence, experiments used): everything `decide` reads; `evidence["claim"]` is `id`. May add
+        to `outcome["choices"]` what it learns while measuring; raises NotDecidable where it cannot."""
+        raise NotImplementedError
+
+    def decide(self, ev: dict) -> tuple[V.Verdict, dict[str, str] | None, dict]:
+        """(verdict at the default tau, verdict per tau of the sweep or None, measured tables)."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------------- how it shows
+    def tables(self, doc: dict, outcome: dict, measured: dict) -> list:
+        """Report blocks (report.Para, Table, Heading) of the measured values; default: generic tables."""
+        from .report import _measured_generic
+
+        return _measured_generic(doc, outcome, measured)
+
+    def figures(self, doc: dict, outcome: dict) -> list[FigureSpec]:
+        """Figures drawn from this outcome alone."""
+        return []
+
+    def shared_figures(self, doc: dict, outcomes: list[dict]) -> list[tuple[FigureSpec, str, list[int]]]:
+        """Figures drawn from several outcomes of the run: (figure, recipe, indices of the outcomes
+        it belongs to)."""
+        return []
+
+    def synthetic(self) -> dict[str, Callable]:
+        """Generators of synthetic evidence for the rule's measured error rates (`lth_checks.rates`): name ->
+        (model "holds" / "false" / "noise", size, numpy Generator) -> evidence. Default: none."""
+        return {}
+
+    # --------------------------------------------------------------------------- the common flow
+    def run(self, ctx: ClaimContext, recipe: str) -> dict:
+        """Measure, decide and gate by the scale's premise: the JSON-ready outcome of one (claim, recipe)."""
+        from . import evidence as E
+        from .errors import DivergenceError
+
+        started = time.perf_counter()
+        outcome = E.base_outcome(self, recipe, ctx)
+        try:
+            ev, exps = self.evidence(ctx, recipe, outcome)
+        except NotDecidable as e:
+            return E.finish(outcome, V.Verdict(V.INCONCLUSIVE, e.summary), None, started, e.experiments)
+        except DivergenceError as e:
+            return E.finish(outcome, V.Verdict(V.INCONCLUSIVE, f"diverged: {e}"), None, started, [])
+        return E.decided(outcome, ev, started, exps, ctx)
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+_REGISTRY: dict[str, Claim] = {}
+
+
+def register(claim: Claim) -> Claim:
+    """Make a claim known to the plugin, the report, the archive and the planner (by its id)."""
+    if not claim.id:
+        raise ValueError(f"{type(claim).__name__} has no id")
+    _REGISTRY[claim.id] = claim
+    return claim
+
+
+def registry() -> dict[str, Claim]:
+    """Every registered claim by id, the paper's first, in their order."""
+    from . import paper  # noqa: F401 - registers the paper's claims
+
+    return dict(_REGISTRY)
+
+
+def get_claim(claim_id: str) -> Claim | None:
+    return registry().get(str(claim_id))
+
+
+def decide(ev: dict) -> tuple[V.Verdict, dict[str, str] | None, dict]:
+    """A claim's verdict, tau sweep and measured tables from its evidence alone (no weights needed)."""
+    claim = get_claim(ev["claim"])
+    if claim is None:
+        from .errors import LthError
+
+        raise LthError(f"no registered claim {ev['claim']!r} to decide this evidence; import the module that "
+                       "defines it")
+    return claim.decide(ev)
+
+
+def claims_of_test(nodeid: str) -> set[str]:
+    """The planner tags of the claims a collected claims test asks for."""
+    return {c.tag for c in registry().values() if c.owns_test(nodeid)}
+
+
+def planned_claims() -> list[Claim]:
+    """One claim per planner tag, in registry order (claims sharing experiments are planned once)."""
+    seen: dict[str, Claim] = {}
+    for c in registry().values():
+        seen.setdefault(c.tag, c)
+    return list(seen.values())
