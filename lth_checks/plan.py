@@ -334,7 +334,7 @@ def claims_plan(ctx: ClaimContext) -> Plan:
                     b.lineage(exp, "premise", upto=0 if seed >= ctx.n_replicates() else None)
                     spec = suite.sgd_noise_spec(exp, 0, b.s)
                     b.branches(exp, [spec], "premise", "premise SGD-noise twin")
-                    b.branch_path(exp, spec, "premise")
+                    b.branch_path_correct(exp, spec, "premise")
         for claim in planned_claims():  # each claim's own jobs (claims sharing experiments planned once)
             claim.plan(b, recipe)
     plan.refresh()

@@ -2,7 +2,8 @@
 
 The real-data tests train the cpu recipe's level 0 and SGD-noise twins (the premise's 5 replicates,
 both rewinds: 20 trainings of 936 or 636 iterations, ~14 CPU-minutes; the two rewinds are separate
-tests so `-n 2` runs them side by side) and check each SGD-noise barrier's interval against tau.
+tests so `-n 2` runs them side by side) and check each SGD-noise barrier's interval (the paired
+bootstrap's, hulled with Student-t over the seeds) against tau.
 They skip with the reason where CIFAR-10 is absent. The rest checks the premise logic and the
 INCONCLUSIVE gate on made-up numbers.
 """
@@ -12,12 +13,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lth_checks import evidence
 from lth_checks import thresholds as T
 from lth_checks.evidence import PLANS, ClaimContext, premise_met, premise_summary
-from lth_checks.measure.connectivity import PathResult
 from lth_checks.recipes import get_recipe
 
 TAU = float(T.BARRIER_TAU_PP.value)
@@ -60,17 +61,24 @@ def test_cpu_recipe_is_stable_at_the_late_rewind(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- logic on made-up numbers
 
-def _path(barrier_pp: float) -> PathResult:
-    peak = 0.3 + barrier_pp / 100
-    errors = [0.3, 0.3 + barrier_pp / 200, peak, 0.3 + barrier_pp / 200, 0.3]
-    return PathResult([0, 0.25, 0.5, 0.75, 1], errors, [1.0] * 5, errors, [1.0] * 5, "none")
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _wrong_paths(barriers_pp: list[float], n: int = 10_000) -> np.ndarray:
+    """(seeds, points, examples) errors of made-up paths: 30% at both ends, `b` pp above the chord at the
+    midpoint and b/2 at the quarter points (the first examples are the wrong ones)."""
+    out = np.zeros((len(barriers_pp), len(ALPHAS), n), dtype=bool)
+    for i, b in enumerate(barriers_pp):
+        for j, e in enumerate((30.0, 30.0 + b / 2, 30.0 + b, 30.0 + b / 2, 30.0)):
+            out[i, j, :round(e * n / 100)] = True
+    return out
 
 
 def _check(unstable: list[float], stable: list[float], test_examples: int = 10_000) -> dict:
-    rows = {"0": {"rewind": 0, "barrier_pp": evidence.barrier_interval_pp([_path(b) for b in unstable],
-                                                                          test_examples)},
-            "300": {"rewind": 300, "barrier_pp": evidence.barrier_interval_pp([_path(b) for b in stable],
-                                                                              test_examples)}}
+    rows = {"0": {"rewind": 0, "barrier_pp": evidence.barrier_interval_pp(_wrong_paths(unstable, test_examples),
+                                                                          ALPHAS)},
+            "300": {"rewind": 300, "barrier_pp": evidence.barrier_interval_pp(_wrong_paths(stable, test_examples),
+                                                                              ALPHAS)}}
     return {"premise": evidence.REGIME_PREMISE, "unstable_rewind": 0, "stable_rewind": 300, "barriers": rows,
             "method": "made up"}
 
@@ -83,13 +91,18 @@ def test_every_scale_states_its_premise() -> None:
     assert PLANS["cpu"].replicates >= 3
 
 
-def test_barrier_interval_is_student_t_widened_by_one_test_example() -> None:
-    b = evidence.barrier_interval_pp([_path(10.0), _path(12.0), _path(14.0)], test_examples=1_000)
+def test_barrier_interval_is_the_hull_of_the_paired_bootstrap_and_student_t() -> None:
+    b = evidence.barrier_interval_pp(_wrong_paths([10.0, 12.0, 14.0], 1_000), ALPHAS)
     assert b["mean"] == pytest.approx(12.0) and b["resolution_pp"] == pytest.approx(0.1)
-    t_half = 4.302653 * 2.0 / 3 ** 0.5  # t(0.975, 2) * std / sqrt(n)
-    assert b["lo"] == pytest.approx(12.0 - t_half - 0.1, abs=1e-4)
-    assert b["hi"] == pytest.approx(12.0 + t_half + 0.1, abs=1e-4)
-    single = evidence.barrier_interval_pp([_path(10.0)], test_examples=1_000)
+    assert b["values"] == pytest.approx([10.0, 12.0, 14.0])
+    t_half = 4.302653 * 2.0 / 3 ** 0.5  # t(0.975, 2) * std / sqrt(n): wider than the seed bootstrap here
+    assert b["student_t"] == pytest.approx([12.0 - t_half, 12.0 + t_half], abs=1e-4)
+    assert b["lo"] == min(b["bootstrap"][0], b["student_t"][0]) and b["hi"] == max(b["bootstrap"][1], b["student_t"][1])
+    assert b["lo"] == pytest.approx(12.0 - t_half, abs=1e-4)
+    # identical seeds: no spread over seeds, the test set's noise alone is left (bootstrap over examples)
+    same = evidence.barrier_interval_pp(_wrong_paths([12.0] * 3, 1_000), ALPHAS)
+    assert same["lo"] < 12.0 < same["hi"] and same["hi"] - same["lo"] > 1.0
+    single = evidence.barrier_interval_pp(_wrong_paths([10.0], 1_000), ALPHAS)
     assert single["lo"] is None and single["hi"] is None
 
 
