@@ -101,7 +101,7 @@ def test_regime_line_says_whether_the_premise_was_met(tmp_path: Path, met: bool)
     assert "Scale cpu, recipe smoke (ours)." in line
     if met:
         assert "on smoke: met at τ = 2 pp (SGD-noise barrier k = 0: 9.30 pp [3.40, 15.20]" in line
-        assert "in the paper's regime" in line
+        assert "in the paper's regime on a reduced recipe of this project (ours), not the paper's recipe" in line
     else:
         assert "on smoke: NOT met at τ = 2 pp" in line and "INCONCLUSIVE here" in line
 

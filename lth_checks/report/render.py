@@ -172,6 +172,7 @@ def _regime(doc: dict, outcomes: list[dict]) -> list[str]:
     if not checks:
         out.append(f"The paper's regime ({premise}) is this scale's premise; no outcome of this report carries a "
                    "record of its check.")
+    sources = {str(o.get("recipe", "?")): str(o.get("recipe_source") or "") for o in outcomes}
     for recipe, check in checks.items():
         try:
             met, summary = premise_met(check, float(tau)), premise_summary(check)
@@ -181,6 +182,8 @@ def _regime(doc: dict, outcomes: list[dict]) -> list[str]:
         word = {True: "met", False: "NOT met", None: "undetermined (an interval straddles τ)"}[met]
         then = {True: "these verdicts are in the paper's regime", False: "the claims are INCONCLUSIVE here",
                 None: "the claims are INCONCLUSIVE here"}[met]
+        if met and "(ours)" in sources.get(recipe, ""):
+            then += " on a reduced recipe of this project (ours), not the paper's recipe"
         out.append(f"Premise of the paper's regime ({premise}) on {recipe}: {word} at τ = {tau:g} pp "
                    f"({summary}), so {then}.")
     return out
