@@ -65,7 +65,7 @@ def write_archive(path: str | Path, meta: dict, outcomes: list[dict]) -> Path:
     doc = {"format": FORMAT, "meta": meta,
            "outcomes": [{k: o.get(k) for k in ("claim", "title", "recipe", "recipe_source", "scale", "replicates",
                                                "rewinds", "thresholds", "required_replicates", "choices",
-                                               "wall_time_s", "config_hashes", "test_id", "evidence")}
+                                               "wall_time_s", "config_hashes", "test_id", "premise", "evidence")}
                         # outcomes decided without evidence (a divergence, too few levels) keep their verdict
                         | ({} if o.get("evidence") is not None else
                            {k: o[k] for k in ("verdict", "summary", "effect", "tau_sensitivity", "measured")

@@ -6,13 +6,15 @@ what it is (`id`, `title`, the names of its thresholds in `thresholds.py`, the c
 what it needs (`plan`: the jobs it adds to the planner), what it measures (`evidence`: a JSON-ready
 dict of per-example correctness and scalars), how it decides (`decide`: verdict, tau sweep and
 measured tables from the evidence alone, so an archive can be re-decided without weights), and how
-it shows (`tables`, `figures`). `Claim.run(ctx, recipe)` is the common flow: evidence, decision,
+it shows (`headline`: one plain-words sentence for the verdict table; `tables`, `figures`).
+`Claim.run(ctx, recipe)` is the common flow: evidence, decision,
 the scale's premise gate, the outcome record. Registering an instance (`register`) is all the plugin,
 the report, `lth-checks report --from-evidence` and `lth-checks plan` need to know about it.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,11 +41,13 @@ class NotDecidable(Exception):
 @dataclass(frozen=True)
 class FigureSpec:
     """One figure of a claim: file stem, caption, and a function that draws it (a matplotlib Figure, or
-    None when the data do not allow it)."""
+    None when the data do not allow it). `lead`: the figure that carries the verdict, shown small at
+    the top of the report beside the verdict table (one per claim)."""
 
     stem: str
     caption: str
     draw: Callable[[], Any]
+    lead: bool = False
 
 
 class Claim:
@@ -52,8 +56,9 @@ class Claim:
     Subclasses set the class attributes and implement `evidence` and `decide`; the rest has defaults.
     """
 
-    id: str = ""  # short id shown in verdict tables ("1", "3a"); the results schema wants a digit and a letter
+    id: str = ""  # short id shown in verdict tables ("1", "3a"); letters, digits, '_', '.', '-' (results schema)
     title: str = ""
+    statement: str = ""  # the claim in plain words, opening its sentence in the verdict table ("" = title)
     thresholds: tuple[str, ...] = ()  # names in thresholds.py (or in `own_thresholds`) the verdict depends on
     own_thresholds: dict[str, T.Threshold] = {}  # thresholds of a claim defined outside thresholds.py
     test_file: str = ""  # the claims/ test file; `owns_test` maps collected tests to `plan_tag`
@@ -93,11 +98,16 @@ class Claim:
         raise NotImplementedError
 
     # --------------------------------------------------------------------------- how it shows
-    def tables(self, doc: dict, outcome: dict, measured: dict) -> list:
-        """Report blocks (report.Para, Table, Heading) of the measured values; default: generic tables."""
-        from .report import _measured_generic
+    def headline(self, outcome: dict) -> str:
+        """One sentence in plain words for the top of the report: what was tested and what the data say
+        ("<statement>: holds / contradicted / not decided — <why>"). Default: the why from the summary."""
+        return headline(self.statement or self.title, outcome)
 
-        return _measured_generic(doc, outcome, measured)
+    def tables(self, doc: dict, outcome: dict, measured: dict) -> list:
+        """The measured values as `lth_checks.report.tables.Table`s; default: generic tables."""
+        from .report.tables import measured_generic
+
+        return measured_generic(measured)
 
     def figures(self, doc: dict, outcome: dict) -> list[FigureSpec]:
         """Figures drawn from this outcome alone."""
@@ -128,6 +138,59 @@ class Claim:
         except DivergenceError as e:
             return E.finish(outcome, V.Verdict(V.INCONCLUSIVE, f"diverged: {e}"), None, started, [])
         return E.decided(outcome, ev, started, exps, ctx)
+
+
+# ------------------------------------------------------------------------------------------ headline
+
+VERDICT_WORDS = {V.PASS: "holds", V.FAIL: "contradicted", V.INCONCLUSIVE: "not decided"}
+
+
+def clauses(text: str, sep: str = "; ") -> list[str]:
+    """`text` split at `sep` outside parentheses and brackets."""
+    out, depth, start, i = [], 0, 0, 0
+    while i < len(text):
+        if text[i] in "([":
+            depth += 1
+        elif text[i] in ")]":
+            depth -= 1
+        if depth <= 0 and text.startswith(sep, i):
+            out.append(text[start:i])
+            start = i = i + len(sep)
+            continue
+        i += 1
+    return [c for c in (*out, text[start:]) if c.strip()]
+
+
+def reason(summary: str, verdict: str) -> str:
+    """The why of a verdict in few words, from its summary: a diverged run, an unmet premise, the data an
+    underpowered verdict needs, or the summary's first clause (with what an undecided one still needs)."""
+    summary = summary.strip()
+    if summary.startswith("diverged"):
+        return "a training run diverged"
+    if summary.startswith("premise not met"):
+        why = re.search(r"pp: ([^;]*)", summary)
+        return "the scale's premise is not met" + (f" ({why.group(1)})" if why else "")
+    parts = clauses(summary)
+    if not parts:
+        return ""
+    if parts[0].startswith("underpowered"):
+        needs = [p for p in parts if p.startswith("needs ")]
+        needs = [re.sub(r" \(.*\)$", "", n) for n in needs]  # without its parenthesised measurement
+        return "too little data to resolve it" + (f" ({needs[0]})" if needs else "")
+    first = parts[0]
+    head = clauses(first, ": ")
+    if len(head) > 1 and len(first) - len(head[0]) > 60:  # a long list after the colon: keep its lead
+        first = head[0]
+    extra = [p for p in parts[1:] if verdict == V.INCONCLUSIVE and ("needed" in p or p.startswith("run with"))]
+    return "; ".join([first, *extra[:1]])
+
+
+def headline(statement: str, outcome: dict) -> str:
+    verdict = str(outcome.get("verdict", ""))
+    words = VERDICT_WORDS.get(verdict, f"verdict {verdict or 'missing'}")
+    why = reason(str(outcome.get("summary") or ""), verdict)
+    text = statement[:1].upper() + statement[1:]
+    return f"{text}: {words}" + (f" — {why}" if why else "")
 
 
 # ------------------------------------------------------------------------------------------ registry

@@ -146,7 +146,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if args.compare:
-        from .compare import compare_runs, render_text
+        from .report.compare import compare_runs, render_text
 
         comparison, folder = compare_runs(*args.compare, report_dir=args.report_dir)
         print(render_text(comparison), end="")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from lth_checks import compare as C
 from lth_checks.cli import main
+from lth_checks.report import compare as C
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMOKE = REPO_ROOT / "reports" / "20261127-132501-smoke"

@@ -466,7 +466,7 @@ def test_text_is_escaped_in_html(tmp_path: Path):
     run_dir = R.write_report([o], meta(), tmp_path)
     text = (run_dir / "report.html").read_text(encoding="utf-8")
     assert "<script" not in text
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; done" in text
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; done" in text  # Jinja2 autoescape (MarkupSafe)
     assert "weird &lt;recipe&gt;/name" in text
 
 

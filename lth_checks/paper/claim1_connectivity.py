@@ -24,7 +24,8 @@ from ..evidence import ClaimContext
 from ..imp import Experiment
 from ..measure import suite
 from ..plotting import COLORS, by, density_axis, errorbar, new_figure
-from ..report import Column, Para, Table, _call, _ci, _g, _num, _rows, _table, _tau, fmt, fmt_ci, fmt_pct
+from ..report import tables as RT
+from ..report.tables import Column, Table, fmt, fmt_ci, fmt_pct
 from ..stats import Interval
 from ..verdicts import INCONCLUSIVE, Verdict, _power, replicates_note
 from . import _reference as REF
@@ -172,12 +173,12 @@ def decide(ev: dict) -> tuple[V.Verdict, dict[str, str], dict]:
 
 # -------------------------------------------------------------------------------------- the report
 
-def tables(doc: dict, o: dict, m: dict) -> list:
-    tau = _tau(doc, o)
-    floor = _tau(doc, o, "HIGH_SPARSITY_DENSITY", None)
+def tables(doc: dict, o: dict, m: dict) -> list[Table]:
+    tau = RT.threshold(doc, o)
+    floor = RT.threshold(doc, o, "HIGH_SPARSITY_DENSITY", None)
 
     def agrees(r: dict) -> str:
-        b = _ci(r.get("barrier_pp"))
+        b = RT.ci(r.get("barrier_pp"))
         if b is None or not isinstance(r.get("matching"), bool):
             return "–"
         lo, hi = b[1], b[2]
@@ -187,52 +188,52 @@ def tables(doc: dict, o: dict, m: dict) -> list:
         return fmt(r["matching"] == (b[0] <= tau))
 
     def pooled(r: dict) -> str:
-        d = _num(r.get("next_density"))
+        d = RT.num(r.get("next_density"))
         return "–" if d is None or floor is None else fmt(d <= floor + 1e-12)
 
     def dense(r: dict) -> str:
-        d, e = _num(r.get("dense_error_pp")), _num(r.get("eps_pp"))
+        d, e = RT.num(r.get("dense_error_pp")), RT.num(r.get("eps_pp"))
         return "–" if d is None else (f"{d:.3g} + {e:.3g}" if e is not None else f"{d:.3g}")
 
     cols: list[Column] = [
-        ("rewind k", _g("rewind")),
+        ("rewind k", RT.get("rewind")),
         ("L → L+1", lambda r: f"{r.get('level')} → {r['level'] + 1}" if isinstance(r.get("level"), int) else "–"),
-        ("alive L", _g("density", fmt_pct)), ("alive L+1", _g("next_density", fmt_pct)),
-        ("error L (%)", _g("error_pp", fmt_ci)), ("error L+1 (%)", _g("next_error_pp", fmt_ci)),
-        ("dense + ε (%)", dense), ("E(L+1) − dense (pp)", _g("excess_pp", fmt_ci)),
-        ("L+1 matching", _g("matching", _call)),
-        ("barrier test (pp)", _g("barrier_pp", fmt_ci)), ("barrier train (pp)", _g("barrier_train_pp", fmt_ci)),
+        ("alive L", RT.get("density", fmt_pct)), ("alive L+1", RT.get("next_density", fmt_pct)),
+        ("error L (%)", RT.get("error_pp", fmt_ci)), ("error L+1 (%)", RT.get("next_error_pp", fmt_ci)),
+        ("dense + ε (%)", dense), ("E(L+1) − dense (pp)", RT.get("excess_pp", fmt_ci)),
+        ("L+1 matching", RT.get("matching", RT.call)),
+        ("barrier test (pp)", RT.get("barrier_pp", fmt_ci)), ("barrier train (pp)", RT.get("barrier_train_pp", fmt_ci)),
         (f"barrier ≤ τ={tau:g} agrees", agrees), ("in high-sparsity pool", pooled)]
-    return [Para("Errors in percent (mean over replicates, with a t-interval only from 3 replicates); "
-                 "E(L+1) − dense and barriers in percentage points with 95% paired-bootstrap intervals, which "
-                 "decide the calls: 'undetermined' where the interval straddles ε or τ."), _table(_rows(o), cols),
+    return [RT.table(RT.rows(o), cols, note="Errors in percent (mean over replicates, with a t-interval only from 3 "
+                     "replicates); E(L+1) − dense and barriers in percentage points with 95% paired-bootstrap "
+                     "intervals, which decide the calls: 'undetermined' where the interval straddles ε or τ."),
             *reference_blocks(o)]
 
 
-def reference_blocks(o: dict) -> list:
+def reference_blocks(o: dict) -> list[Table]:
     """Ours beside the reference values of the paper's setting (dense error, how sparse each rewind stays
     matching), for the recipes where they apply (`_reference.label`)."""
     header = REF.label(o.get("recipe"))
-    rows = _rows(o)
+    rows = RT.rows(o)
     if header is None or not rows:
         return []
     out = []
     for k, rs in by(rows, "rewind").items():
-        dense = next((_num(r.get("dense_error_pp")) for r in rs if _num(r.get("dense_error_pp")) is not None), None)
+        dense = next((RT.num(r.get("dense_error_pp")) for r in rs if RT.num(r.get("dense_error_pp")) is not None), None)
         out.append([f"dense test error (%), k = {k}", fmt(dense, 3), f"≈ {REF.DENSE_ERROR_PP:g}", REF.LMC])
-        matching = [d for r in rs if r.get("matching") is True and (d := _num(r.get("next_density"))) is not None]
+        matching = [d for r in rs if r.get("matching") is True and (d := RT.num(r.get("next_density"))) is not None]
         ref = (f"≈ {100 * REF.MATCHING_DOWN_TO:g}%" if isinstance(k, int) and k >= REF.LATE_REWIND
                else "not matching at high sparsity" if k == 0 else "–")
         out.append([f"lowest alive fraction with L+1 established matching, k = {k}",
                     fmt_pct(min(matching)) if matching else "none", ref, REF.LMC])
-    return [Para("Reference values of the sources beside ours:"), Table(["quantity", "ours", header, "source"], out)]
+    return [Table(["quantity", "ours", header, "source"], out, title="Reference values of the sources beside ours")]
 
 
 def fig_error_vs_density(doc: dict, o: dict):
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    rows = [r for r in _rows(o) if isinstance(r.get("level"), int)]
+    rows = [r for r in RT.rows(o) if isinstance(r.get("level"), int)]
     fig = new_figure()
     ax = fig.add_subplot()
     densities, plotted = [], False
@@ -240,10 +241,10 @@ def fig_error_vs_density(doc: dict, o: dict):
         color = COLORS[i % len(COLORS)]
         pts: dict[int, tuple[float, tuple]] = {}
         for r in rs:
-            d, c = _num(r.get("density")), _ci(r.get("error_pp"))
+            d, c = RT.num(r.get("density")), RT.ci(r.get("error_pp"))
             if d and c:
                 pts.setdefault(r["level"], (d, c))
-            d, c = _num(r.get("next_density")), _ci(r.get("next_error_pp"))
+            d, c = RT.num(r.get("next_density")), RT.ci(r.get("next_error_pp"))
             if d and c:
                 pts.setdefault(r["level"] + 1, (d, c))
         if not pts:
@@ -253,8 +254,8 @@ def fig_error_vs_density(doc: dict, o: dict):
         errorbar(ax, xs, [pts[L][1] for L in levels], fmt="o-", color=color, ms=4, label=f"rewind k = {k}")
         densities += xs
         plotted = True
-        base = next(((_num(r.get("dense_error_pp")), _num(r.get("eps_pp"))) for r in rs
-                     if _num(r.get("dense_error_pp")) is not None), (None, None))
+        base = next(((RT.num(r.get("dense_error_pp")), RT.num(r.get("eps_pp"))) for r in rs
+                     if RT.num(r.get("dense_error_pp")) is not None), (None, None))
         if base[0] is not None:
             eps = base[1] or 0.0
             ax.axhspan(base[0], base[0] + eps, color=color, alpha=0.12, lw=0)
@@ -262,7 +263,7 @@ def fig_error_vs_density(doc: dict, o: dict):
     if not plotted:
         return None
     density_axis(ax, densities)
-    floor = _tau(doc, o, "HIGH_SPARSITY_DENSITY", None)
+    floor = RT.threshold(doc, o, "HIGH_SPARSITY_DENSITY", None)
     handles, _ = ax.get_legend_handles_labels()
     handles += [Patch(color="grey", alpha=0.25, label="dense error to dense + ε (matching band)"),
                 Line2D([], [], color="grey", ls="--", lw=1, label="dense + ε: matching at or below")]
@@ -278,10 +279,10 @@ def fig_error_vs_density(doc: dict, o: dict):
 def fig_barrier_vs_density(doc: dict, o: dict):
     from matplotlib.lines import Line2D
 
-    rows = [r for r in _rows(o) if _num(r.get("next_density")) and _ci(r.get("barrier_pp"))]
+    rows = [r for r in RT.rows(o) if RT.num(r.get("next_density")) and RT.ci(r.get("barrier_pp"))]
     if not rows:
         return None
-    tau = _tau(doc, o)
+    tau = RT.threshold(doc, o)
     fig = new_figure()
     ax = fig.add_subplot()
     densities = []
@@ -290,13 +291,13 @@ def fig_barrier_vs_density(doc: dict, o: dict):
         rs = sorted(rs, key=lambda r: -r["next_density"])
         xs = [r["next_density"] for r in rs]
         densities += xs
-        cis = [_ci(r["barrier_pp"]) for r in rs]
+        cis = [RT.ci(r["barrier_pp"]) for r in rs]
         errorbar(ax, xs, cis, fmt="-", color=color, label=f"rewind k = {k} (test)")
         for match, face in ((True, color), (False, "white")):
             sel = [(x, c[0]) for x, c, r in zip(xs, cis, rs) if r.get("matching") is match]
             if sel:
                 ax.scatter(*zip(*sel), s=36, facecolors=face, edgecolors=color, zorder=3, linewidths=1.4)
-        train = [(x, _ci(r.get("barrier_train_pp"))) for x, r in zip(xs, rs) if _ci(r.get("barrier_train_pp"))]
+        train = [(x, RT.ci(r.get("barrier_train_pp"))) for x, r in zip(xs, rs) if RT.ci(r.get("barrier_train_pp"))]
         if train:
             ax.plot([t[0] for t in train], [t[1][0] for t in train], ls=":", marker="x", ms=4, color=color, lw=1,
                     label=f"rewind k = {k} (training subset)")
@@ -320,6 +321,7 @@ def fig_barrier_vs_density(doc: dict, o: dict):
 class Connectivity(Claim):
     id = "1"
     title = "successive levels are linearly connected iff matching"
+    statement = "successive IMP levels are linearly connected exactly when the next level is matching"
     thresholds = ("MATCHING_EPS_FLOOR_PP", "BARRIER_TAU_PP", "TAU_SWEEP_PP", "AGREEMENT_RATE",
                   "HIGH_SPARSITY_DENSITY", "MIN_DETERMINED_PER_CLASS", "CONFIDENCE", "SIGNIFICANCE",
                   "MIN_REPLICATES")
@@ -354,7 +356,21 @@ class Connectivity(Claim):
                            lambda: fig_error_vs_density(doc, outcome)),
                 FigureSpec("fig2_barrier_vs_density",
                            "Figure 2: successive-level error barrier vs alive fraction, with τ",
-                           lambda: fig_barrier_vs_density(doc, outcome))]
+                           lambda: fig_barrier_vs_density(doc, outcome), lead=True)]
+
+    def headline(self, outcome: dict) -> str:
+        """The default sentence, with the pair counts when a matching class is short of determined pairs
+        (the 'only if' half cannot be tested without non-matching pairs)."""
+        text = super().headline(outcome)
+        e = outcome.get("effect") or {}
+        need = RT.threshold({}, outcome, "MIN_DETERMINED_PER_CLASS", float(T.MIN_DETERMINED_PER_CLASS.value))
+        n_match, n_non = RT.num(e.get("matching_pairs")), RT.num(e.get("non_matching_pairs"))
+        if (outcome.get("verdict") != INCONCLUSIVE or n_match is None or n_non is None or need is None
+                or min(n_match, n_non) >= need):
+            return text
+        short = [f"{n:g} {kind} pairs ({need:g} needed)" for n, kind in ((n_match, "matching"),
+                                                                         (n_non, "non-matching")) if n < need]
+        return f"{text}; too few determined level pairs: {', '.join(short)}"
 
     def synthetic(self) -> dict:
         return {"1": synthetic}

@@ -26,7 +26,8 @@ from ..imp import Experiment
 from ..measure import suite
 from ..measure.branches import Branch, BranchSpec, train_together
 from ..plotting import COLORS, errorbar, new_figure
-from ..report import Column, Para, _call, _ci, _g, _num, _rows, _table, _tau, fmt_ci, fmt_pct
+from ..report import tables as RT
+from ..report.tables import Column, fmt_ci, fmt_pct
 from ..stats import Interval
 from ..verdicts import FAIL, INCONCLUSIVE, PASS, Verdict, _power, replicates_note
 
@@ -202,28 +203,28 @@ def decide(ev: dict) -> tuple[V.Verdict, dict[str, str], dict]:
 _KIND = {"sgd_noise": "SGD noise (control)", "real_pair": "real pair L → L+1", "perturb": "perturbed"}
 
 
-def tables(doc: dict, o: dict, m: dict) -> list:
+def tables(doc: dict, o: dict, m: dict) -> list[RT.Table]:
     cols: list[Column] = [
-        ("rewind k", _g("rewind")), ("level L", _g("level")), ("alive", _g("density", fmt_pct)),
-        ("L matching", _g("level_matching", _call)), ("error L (%)", _g("level_error_pp", fmt_ci)),
-        ("kind", lambda r: _KIND.get(r.get("kind"), str(r.get("kind", "–")))), ("c (× r_L)", _g("c")),
-        ("barrier test (pp)", _g("barrier_pp", fmt_ci)), ("r_L", _g("r_L", fmt_ci))]
+        ("rewind k", RT.get("rewind")), ("level L", RT.get("level")), ("alive", RT.get("density", fmt_pct)),
+        ("L matching", RT.get("level_matching", RT.call)), ("error L (%)", RT.get("level_error_pp", fmt_ci)),
+        ("kind", lambda r: _KIND.get(r.get("kind"), str(r.get("kind", "–")))), ("c (× r_L)", RT.get("c")),
+        ("barrier test (pp)", RT.get("barrier_pp", fmt_ci)), ("r_L", RT.get("r_L", fmt_ci))]
     late = m.get("late_rewind")
-    lead = [Para(f"Late rewind used for the verdict: k = {late}.")] if late is not None else []
+    lead = [f"Late rewind used for the verdict: k = {late}."] if late is not None else []
     contrast = m.get("early_vs_late")
     if isinstance(contrast, dict) and contrast:
-        lead.append(Para("Early vs late rewind (SGD noise and c ≤ 1, at τ = 2 pp; CLAIMS.md expects barriers at "
+        lead.append("Early vs late rewind (SGD noise and c ≤ 1, at τ = 2 pp; CLAIMS.md expects barriers at "
                          "k = 0 only): " + "; ".join(
                              f"k = {c.get('rewind')}: {c.get('established_barriers')} established barriers, "
                              f"{c.get('established_connected')} established connected, {c.get('undetermined')} "
-                             "undetermined" for c in contrast.values() if isinstance(c, dict)) + "."))
-    return lead + [_table(_rows(o), cols)]
+                             "undetermined" for c in contrast.values() if isinstance(c, dict)) + ".")
+    return [RT.table(RT.rows(o), cols, note=" ".join(lead))]
 
 
 def fig_barrier_vs_c(doc: dict, o: dict):
     from matplotlib.lines import Line2D
 
-    rows = [r for r in _rows(o) if _ci(r.get("barrier_pp")) and _num(r.get("c")) is not None]
+    rows = [r for r in RT.rows(o) if RT.ci(r.get("barrier_pp")) and RT.num(r.get("c")) is not None]
     if not rows:
         return None
     m = o.get("measured") or {}
@@ -234,7 +235,7 @@ def fig_barrier_vs_c(doc: dict, o: dict):
     levels = sorted({r.get("level") for r in rows if isinstance(r.get("level"), int)})
     if not levels:
         return None
-    density = {r["level"]: _num(r.get("density")) for r in rows if isinstance(r.get("level"), int)}
+    density = {r["level"]: RT.num(r.get("density")) for r in rows if isinstance(r.get("level"), int)}
     fig = new_figure(8.0, 5.0)
     ax = fig.add_subplot()
     for i, level in enumerate(levels):
@@ -243,15 +244,15 @@ def fig_barrier_vs_c(doc: dict, o: dict):
             sel = [r for r in rows if r.get("level") == level and r.get("rewind") == k]
             pert = sorted((r for r in sel if r.get("kind") == "perturb"), key=lambda r: r["c"])
             if pert:
-                errorbar(ax, [r["c"] for r in pert], [_ci(r["barrier_pp"]) for r in pert], fmt="o",
+                errorbar(ax, [r["c"] for r in pert], [RT.ci(r["barrier_pp"]) for r in pert], fmt="o",
                           ls=styles.get(k, "--"), color=color, ms=4)
             face = color if k == late else "white"
             for kind, marker in (("sgd_noise", "s"), ("real_pair", "*")):
                 for r in sel:
                     if r.get("kind") == kind:
-                        ax.scatter([r["c"]], [_ci(r["barrier_pp"])[0]], marker=marker, s=90 if marker == "*" else 45,
+                        ax.scatter([r["c"]], [RT.ci(r["barrier_pp"])[0]], marker=marker, s=90 if marker == "*" else 45,
                                    facecolors=face, edgecolors=color, zorder=4, linewidths=1.2)
-    tau = _tau(doc, o)
+    tau = RT.threshold(doc, o)
     ax.axhline(tau, color="black", ls="--", lw=1.2)
     handles = [Line2D([], [], color=COLORS[i % len(COLORS)], marker="o", ms=4,
                       label=f"level {L}" + (f" ({fmt_pct(density.get(L))} alive)" if density.get(L) else ""))
@@ -277,6 +278,8 @@ def fig_barrier_vs_c(doc: dict, o: dict):
 class Perturbation(Claim):
     id = "2"
     title = "SGD is robust to perturbations as large as the distance between pruned rewind points"
+    statement = ("training from a pruned rewind point is robust to perturbations as large as the distance between "
+                 "successive IMP levels")
     thresholds = ("PERTURBATION_SIZES", "ROBUST_UP_TO_C", "ROBUST_SHARE", "BARRIER_TAU_PP", "TAU_SWEEP_PP",
                   "MATCHING_EPS_FLOOR_PP", "MIN_DETERMINED_PER_CLASS", "CONFIDENCE", "SIGNIFICANCE",
                   "MIN_REPLICATES")
@@ -311,7 +314,7 @@ class Perturbation(Claim):
     def figures(self, doc: dict, outcome: dict) -> list[FigureSpec]:
         return [FigureSpec("fig3_barrier_vs_perturbation",
                            "Figure 3: barrier vs perturbation size c per level, with SGD-noise and real-pair controls",
-                           lambda: fig_barrier_vs_c(doc, outcome))]
+                           lambda: fig_barrier_vs_c(doc, outcome), lead=True)]
 
     def synthetic(self) -> dict:
         return {"2": synthetic}

@@ -30,7 +30,8 @@ from ..measure import suite
 from ..measure.branches import BranchSpec, train_together
 from ..measure.connectivity import PathResult
 from ..plotting import COLORS, new_figure
-from ..report import Column, Para, Table, _g, _is_scalar, _num, _rows, _table, _tau, fmt, fmt_pct
+from ..report import tables as RT
+from ..report.tables import Column, Table, fmt, fmt_pct
 from ..stats import Interval
 from ..verdicts import FAIL, INCONCLUSIVE, PASS, Verdict, _power
 
@@ -466,30 +467,28 @@ def decide_3d(ev: dict) -> tuple[V.Verdict, None, dict]:
 
 # -------------------------------------------------------------------------------------- the report
 
-def tables_abc(doc: dict, o: dict, m: dict) -> list:
-    rows = _rows(o)
+def tables_abc(doc: dict, o: dict, m: dict) -> list[Table]:
+    rows = RT.rows(o)
     cols: list[Column] = [
-        ("seed", _g("seed")), ("level", _g("level")), ("alive", _g("density", fmt_pct)),
-        ("λ_max", _g("top_eigenvalue")), ("Hessian trace", _g("trace")),
-        ("p_max magnitude", _g("p_max_magnitude")), ("p_max random", _g("p_max_random")),
-        ("p* magnitude", _g("p_star_magnitude")), ("p* random", _g("p_star_random")),
-        ("p* random (top k only)", _g("p_star_random_top_k_only")),
-        ("p* magnitude (trace tail)", _g("p_star_magnitude_trace_tail")),
-        ("p* random (trace tail)", _g("p_star_random_trace_tail")),
-        ("Rayleigh magnitude", _g("rayleigh_magnitude")), ("Rayleigh random", _g("rayleigh_random")),
-        ("Rayleigh Gaussian", _g("rayleigh_gaussian"))]
-    out: list = []
-    if m.get("rewind") is not None:
-        out.append(Para(f"Rewind k = {m['rewind']}; one row per (replicate seed, level)."))
-    out.append(_table(rows, cols))
-    tau = _tau(doc, o)
+        ("seed", RT.get("seed")), ("level", RT.get("level")), ("alive", RT.get("density", fmt_pct)),
+        ("λ_max", RT.get("top_eigenvalue")), ("Hessian trace", RT.get("trace")),
+        ("p_max magnitude", RT.get("p_max_magnitude")), ("p_max random", RT.get("p_max_random")),
+        ("p* magnitude", RT.get("p_star_magnitude")), ("p* random", RT.get("p_star_random")),
+        ("p* random (top k only)", RT.get("p_star_random_top_k_only")),
+        ("p* magnitude (trace tail)", RT.get("p_star_magnitude_trace_tail")),
+        ("p* random (trace tail)", RT.get("p_star_random_trace_tail")),
+        ("Rayleigh magnitude", RT.get("rayleigh_magnitude")), ("Rayleigh random", RT.get("rayleigh_random")),
+        ("Rayleigh Gaussian", RT.get("rayleigh_gaussian"))]
+    note = f"Rewind k = {m['rewind']}; one row per (replicate seed, level)." if m.get("rewind") is not None else ""
+    out: list[Table] = [RT.table(rows, cols, note=note)]
+    tau = RT.threshold(doc, o)
     sweeps = []
     ps: list[float] = []
     for r in rows:
         for strategy in ("magnitude", "random"):
             sweep = r.get(f"sweep_{strategy}")
             if isinstance(sweep, list):
-                sweeps.append((r, strategy, {_num(x.get("p")): x for x in sweep if isinstance(x, dict)}))
+                sweeps.append((r, strategy, {RT.num(x.get("p")): x for x in sweep if isinstance(x, dict)}))
                 ps += [p for p in sweeps[-1][2] if p is not None and p not in ps]
     if sweeps:
         ps.sort()
@@ -497,59 +496,61 @@ def tables_abc(doc: dict, o: dict, m: dict) -> list:
         def cell(x: dict | None) -> str:
             if not x:
                 return "–"
-            b = _num(x.get("barrier_pp"))
+            b = RT.num(x.get("barrier_pp"))
             ok = x.get("matching") is True and b is not None and b <= tau
-            text = f"{fmt(_num(x.get('test_error_pp')), 3)} / {fmt(_num(x.get('barrier_pp')), 3)}"
+            text = f"{fmt(RT.num(x.get('test_error_pp')), 3)} / {fmt(RT.num(x.get('barrier_pp')), 3)}"
             return text + (" ✓" if ok else "")
 
-        out.append(Para(f"One-shot sweeps: test error (%) / barrier to w_L (pp) per prune fraction p; ✓ marks "
-                        f"matching and barrier ≤ τ = {tau:g} pp."))
         out.append(Table(["seed", "level", "strategy", *[f"p = {p:g}" for p in ps]],
                          [[fmt(r.get("seed")), fmt(r.get("level")), s, *[cell(by_p.get(p)) for p in ps]]
-                          for r, s, by_p in sweeps], css="wide"))
+                          for r, s, by_p in sweeps],
+                         note=f"One-shot sweeps: test error (%) / barrier to w_L (pp) per prune fraction p; ✓ marks "
+                              f"matching and barrier ≤ τ = {tau:g} pp."))
     out += theory_detail(rows)
     return out
 
 
-def theory_detail(rows: list[dict]) -> list:
+def theory_detail(rows: list[dict]) -> list[Table]:
     """Claim 3b's prediction per (seed, level): free dimensions d = (1 - p) * alive against d* ± its
     standard error at every p, the p* range, and whether the spectral density resolves d*."""
     theory = [(r, r["theory_random"]) for r in rows if isinstance(r.get("theory_random"), dict)]
     if not theory:
         return []
-    ps = sorted({_num(pt.get("p")) for _, t in theory for pt in t.get("points", []) if _num(pt.get("p")) is not None})
+    ps = sorted({p for _, t in theory for pt in t.get("points", []) if (p := RT.num(pt.get("p"))) is not None})
 
     def cell(t: dict, p: float) -> str:
-        pt = next((x for x in t.get("points", []) if _num(x.get("p")) == p), None)
+        pt = next((x for x in t.get("points", []) if RT.num(x.get("p")) == p), None)
         if pt is None:
             return "–"
-        return f"{fmt(_num(pt.get('d')), 4)} / {fmt(_num(pt.get('d_star')), 4)} ± {fmt(_num(pt.get('d_star_se')), 2)}"
+        d, d_star, se = (RT.num(pt.get(k)) for k in ("d", "d_star", "d_star_se"))
+        return f"{fmt(d, 4)} / {fmt(d_star, 4)} ± {fmt(se, 2)}"
 
-    return [Para("Theory (random pruning): free dimensions d = (1 − p)·alive / predicted d* ± SE (top-k exact, "
-                 "bulk by stochastic Lanczos quadrature); p* is the largest p with d ≥ d*; its range moves d* by "
-                 "2 SE; 'resolved' says whether the density's quadrature resolves d* at every p."),
-            Table(["seed", "level", "alive", "p* [range]", "p_max", "resolved", *[f"p = {p:g}" for p in ps]],
+    return [Table(["seed", "level", "alive", "p* [range]", "p_max", "resolved", *[f"p = {p:g}" for p in ps]],
                   [[fmt(r.get("seed")), fmt(r.get("level")), fmt(t.get("alive")),
                     f"{fmt(r.get('p_star_random'))} [{fmt(t.get('p_star_low'))}, {fmt(t.get('p_star_high'))}]",
                     fmt(r.get("p_max_random")), "yes" if t.get("resolved") else "no", *[cell(t, p) for p in ps]]
-                   for r, t in theory], css="wide")]
+                   for r, t in theory],
+                  note="Theory (random pruning): free dimensions d = (1 − p)·alive / predicted d* ± SE (top-k exact, "
+                       "bulk by stochastic Lanczos quadrature); p* is the largest p with d ≥ d*; its range moves d* "
+                       "by 2 SE; 'resolved' says whether the density's quadrature resolves d* at every p.")]
 
 
-def tables_3d(doc: dict, o: dict, m: dict) -> list:
+def tables_3d(doc: dict, o: dict, m: dict) -> list[Table]:
     labels = {"target_level": "target level", "density": "alive fraction", "dense_error_pp": "dense error (%)",
               "eps_pp": "ε (pp)", "imp_error_pp": "IMP error at target (%)",
               "oneshot_error_pp": "one-shot error at target (%)"}
-    rows = [[labels.get(k, k), fmt_pct(v) if k == "density" else fmt(v)] for k, v in m.items() if _is_scalar(v)]
+    rows = [[labels.get(k, k), fmt_pct(v) if k == "density" else fmt(v)] for k, v in m.items() if RT.is_scalar(v)]
     return [Table(["quantity", "value"], rows)]
 
 
 def fig_flatness(doc: dict, oa: dict | None, ob: dict | None):
-    rows_a = _rows(oa) if oa else []
-    rows_b = _rows(ob) if ob else []
+    rows_a = RT.rows(oa) if oa else []
+    rows_b = RT.rows(ob) if ob else []
     rows_a, rows_b = rows_a or rows_b, rows_b or rows_a
     left = [r for r in rows_a
-            if _num(r.get("top_eigenvalue")) is not None and _num(r.get("p_max_magnitude")) is not None]
-    right = {s: [r for r in rows_b if _num(r.get(f"p_max_{s}")) is not None and _num(r.get(f"p_star_{s}")) is not None]
+            if RT.num(r.get("top_eigenvalue")) is not None and RT.num(r.get("p_max_magnitude")) is not None]
+    right = {s: [r for r in rows_b
+                 if RT.num(r.get(f"p_max_{s}")) is not None and RT.num(r.get(f"p_star_{s}")) is not None]
              for s in ("magnitude", "random")}
     if not left and not any(right.values()):
         return None
@@ -560,7 +561,7 @@ def fig_flatness(doc: dict, oa: dict | None, ob: dict | None):
     if left:
         for i, level in enumerate(levels):
             sel = [r for r in left if r.get("level") == level]
-            d = _num(sel[0].get("density"))
+            d = RT.num(sel[0].get("density"))
             label = f"level {level}" + (f" ({fmt_pct(d)} alive)" if d else "")
             ax1.scatter([r["top_eigenvalue"] for r in sel], [r["p_max_magnitude"] for r in sel], s=40,
                         color=COLORS[i % len(COLORS)], label=label, alpha=0.6)
@@ -575,9 +576,9 @@ def fig_flatness(doc: dict, oa: dict | None, ob: dict | None):
         ax1.set_ylim(-0.05, 1.0)
         ax1.legend(fontsize=8, title="replicates × levels", title_fontsize=8)
         effect = (oa or {}).get("effect") or {}
-        rho = _num(effect.get("spearman_rho"))
+        rho = RT.num(effect.get("spearman_rho"))
         extra = f"; Spearman ρ = {rho:+.2f}" + (f", p = {effect['p_value_one_sided']:.3g}"
-                                                 if _num(effect.get("p_value_one_sided")) is not None else "") \
+                                                 if RT.num(effect.get("p_value_one_sided")) is not None else "") \
             if rho is not None else ""
         ax1.set_title(f"Claim 3a: sharpness vs prune limit{extra}", fontsize=10)
     else:
@@ -585,7 +586,7 @@ def fig_flatness(doc: dict, oa: dict | None, ob: dict | None):
     ax1.set_xlabel("top Hessian eigenvalue λ_max of the training loss at w_L")
     ax1.set_ylabel("measured p_max, magnitude pruning (fraction)")
     ax1.grid(True, alpha=0.3)
-    tol = _tau(doc, ob or oa or {}, "P_STAR_TOLERANCE", None)
+    tol = RT.threshold(doc, ob or oa or {}, "P_STAR_TOLERANCE", None)
     ax2.plot([0, 1], [0, 1], color="black", lw=1, label="y = x")
     if tol is not None:
         ax2.fill_between([0, 1], [-tol, 1 - tol], [tol, 1 + tol], color="grey", alpha=0.15, lw=0,
@@ -615,6 +616,10 @@ def fig_flatness(doc: dict, oa: dict | None, ob: dict | None):
 TITLES = {"a": "sharper solutions have smaller p_max", "b": "predicted p* matches measured p_max (random pruning)",
           "c": "the magnitude-pruning direction is flatter than a random one",
           "d": "one-shot pruning to high sparsity fails where 20% steps succeed"}
+STATEMENTS = {"a": "sharper solutions (larger top Hessian eigenvalue) can be pruned less in one shot (smaller p_max)",
+              "b": "the Hessian's prediction p* of how far random one-shot pruning can go matches the measured p_max",
+              "c": "the loss is flatter along the magnitude-pruning direction than along random pruning directions",
+              "d": "one-shot pruning to high sparsity loses accuracy where IMP's 20% steps keep it"}
 THRESHOLDS = {"a": ("SIGNIFICANCE", "ONESHOT_GRID", "BARRIER_TAU_PP", "MATCHING_EPS_FLOOR_PP"),
               "b": ("P_STAR_TOLERANCE", "P_STAR_MIN_LEVELS", "THEORY_EPS_LOSS", "AGREEMENT_RATE", "ONESHOT_GRID",
                     "BARRIER_TAU_PP"),
@@ -633,6 +638,7 @@ class Flatness(Claim):
 
     def __init__(self, part: str):
         self.part, self.id, self.title, self.thresholds = part, f"3{part}", TITLES[part], THRESHOLDS[part]
+        self.statement = STATEMENTS[part]
 
     def owns_test(self, nodeid: str) -> bool:
         return self.test_file in nodeid and TEST_IDS[self.part] in nodeid
@@ -693,16 +699,17 @@ class Flatness(Claim):
         recipes = list(dict.fromkeys(str(o.get("recipe", "?")) for o in outcomes))
         for recipe in recipes:
             a = [i for i, o in enumerate(outcomes) if o.get("recipe") == recipe and o.get("claim") == "3a"
-                 and _rows(o)]
+                 and RT.rows(o)]
             b = [i for i, o in enumerate(outcomes) if o.get("recipe") == recipe and o.get("claim") == "3b"
-                 and _rows(o)]
+                 and RT.rows(o)]
             for j in range(max(len(a), len(b))):
                 ia, ib = (a[j] if j < len(a) else None), (b[j] if j < len(b) else None)
                 owners = [i for i in (ia, ib) if i is not None]
                 out.append((FigureSpec("fig4_flatness", "Figure 4: top Hessian eigenvalue vs measured p_max; "
                                        "predicted p* vs measured p_max",
                                        lambda ia=ia, ib=ib: fig_flatness(doc, None if ia is None else outcomes[ia],
-                                                                         None if ib is None else outcomes[ib])),
+                                                                         None if ib is None else outcomes[ib]),
+                                       lead=True),
                             recipe, owners))
         return out
 

@@ -26,22 +26,8 @@ from ..evidence import ClaimContext
 from ..imp import Experiment
 from ..measure import suite
 from ..plotting import COLORS, density_axis, new_figure
-from ..report import (
-    Column,
-    Heading,
-    Para,
-    Table,
-    _float_or_none,
-    _g,
-    _generic_table,
-    _is_scalar,
-    _num,
-    _rows,
-    _table,
-    fmt,
-    fmt_err,
-    fmt_pct,
-)
+from ..report import tables as RT
+from ..report.tables import Column, Table, fmt, fmt_err, fmt_pct
 from ..stats import Interval
 from ..verdicts import FAIL, INCONCLUSIVE, PASS, Verdict, _power
 from . import _reference as REF
@@ -160,40 +146,42 @@ def decide(ev: dict) -> tuple[V.Verdict, None, dict]:
 
 # -------------------------------------------------------------------------------------- the report
 
-def tables(doc: dict, o: dict, m: dict) -> list:
-    out: list = []
-    scalars = [[k, fmt(v)] for k, v in m.items() if _is_scalar(v)]
+def tables(doc: dict, o: dict, m: dict) -> list[Table]:
+    out: list[Table] = []
+    scalars = [[k, fmt(v)] for k, v in m.items() if RT.is_scalar(v)]
     if scalars:
         out.append(Table(["quantity", "value"], scalars))
     imp_cols: list[Column] = [
-        ("level L", _g("level")), ("alive L", _g("density", fmt_pct)),
-        ("‖w_L − P(w_L)‖ / ‖w_L‖", _g("relative_projection_length")), ("threshold t_L", _g("threshold")),
-        ("error w_L (%)", _g("solution_test_error", fmt_err)),
-        ("error P(w_L) (%)", _g("projected_test_error", fmt_err)),
-        ("refill below t_L", _g("refill_fraction_below_threshold")),
-        ("new small-weight share", _g("new_small_weight_share"))]
-    if _rows(o, "imp"):
-        out += [Heading(4, "With retraining (IMP, first replicate)"), _table(_rows(o, "imp"), imp_cols)]
+        ("level L", RT.get("level")), ("alive L", RT.get("density", fmt_pct)),
+        ("‖w_L − P(w_L)‖ / ‖w_L‖", RT.get("relative_projection_length")), ("threshold t_L", RT.get("threshold")),
+        ("error w_L (%)", RT.get("solution_test_error", fmt_err)),
+        ("error P(w_L) (%)", RT.get("projected_test_error", fmt_err)),
+        ("refill below t_L", RT.get("refill_fraction_below_threshold")),
+        ("new small-weight share", RT.get("new_small_weight_share"))]
+    if RT.rows(o, "imp"):
+        out.append(RT.table(RT.rows(o, "imp"), imp_cols, title="With retraining (IMP, first replicate)"))
     chain_cols: list[Column] = [
-        ("step", _g("step")), ("alive", _g("density", fmt_pct)),
-        ("relative projection length", _g("relative_projection_length")),
-        ("error projected (%)", _g("projected_test_error", fmt_err)),
-        ("train error projected (%)", _g("projected_train_error", fmt_err))]
+        ("step", RT.get("step")), ("alive", RT.get("density", fmt_pct)),
+        ("relative projection length", RT.get("relative_projection_length")),
+        ("error projected (%)", RT.get("projected_test_error", fmt_err)),
+        ("train error projected (%)", RT.get("projected_train_error", fmt_err))]
     header = REF.label(o.get("recipe"))
     if header is not None:  # the authors' chain beside ours at the same alive fraction
         chain_cols.append((f"error projected (%), {header}",
-                           lambda r: fmt(REF.chain_error_pp(_num(r.get("density"))))))
-    if _rows(o, "chain"):
-        out += [Heading(4, "Without retraining (chain, first replicate)"), _table(_rows(o, "chain"), chain_cols)]
+                           lambda r: fmt(REF.chain_error_pp(RT.num(r.get("density"))))))
+    if RT.rows(o, "chain"):
+        note = ""
         if header is not None:
-            out.append(Para(f"{header.capitalize()}: {REF.AUTHORS_CHAIN} went "
-                            + " → ".join(f"{a:g}%" for a in REF.CHAIN_ACCURACY_PCT)
-                            + " test accuracy after each 20% cut of the 80% solution, read as at "
-                            + ", ".join(f"{100 * REF.CHAIN_START_DENSITY ** (i + 2):.2g}%"
-                                        for i in range(len(REF.CHAIN_ACCURACY_PCT)))
-                            + " alive (the source does not say whether its first point is before the first cut)."))
-    if _rows(o, "per_replicate"):
-        out += [Heading(4, "Verdict inputs per replicate"), _generic_table(_rows(o, "per_replicate"))]
+            note = (f"{header.capitalize()}: {REF.AUTHORS_CHAIN} went "
+                    + " → ".join(f"{a:g}%" for a in REF.CHAIN_ACCURACY_PCT)
+                    + " test accuracy after each 20% cut of the 80% solution, read as at "
+                    + ", ".join(f"{100 * REF.CHAIN_START_DENSITY ** (i + 2):.2g}%"
+                                for i in range(len(REF.CHAIN_ACCURACY_PCT)))
+                    + " alive (the source does not say whether its first point is before the first cut).")
+        out.append(RT.table(RT.rows(o, "chain"), chain_cols, title="Without retraining (chain, first replicate)",
+                            note=note))
+    if RT.rows(o, "per_replicate"):
+        out.append(RT.generic_table(RT.rows(o, "per_replicate"), title="Verdict inputs per replicate"))
     return out
 
 
@@ -202,11 +190,11 @@ def fig_small_weights(doc: dict, o: dict):
     hists = m.get("histograms") if isinstance(m.get("histograms"), dict) else {}
     good = {}
     for key, h in hists.items():
-        lvl = _float_or_none(key)
+        lvl = RT.float_or_none(key)
         if isinstance(h, dict) and isinstance(h.get("edges"), list) and len(h["edges"]) >= 2 and lvl is not None:
             good[int(lvl)] = h
-    imp = [r for r in _rows(o, "imp") if _num(r.get("density"))]
-    chain = [r for r in _rows(o, "chain") if _num(r.get("density"))]
+    imp = [r for r in RT.rows(o, "imp") if RT.num(r.get("density"))]
+    chain = [r for r in RT.rows(o, "chain") if RT.num(r.get("density"))]
     if not good and not imp and not chain:
         return None
     import numpy as np
@@ -224,17 +212,17 @@ def fig_small_weights(doc: dict, o: dict):
         for j, level in enumerate(shown):
             ax = fig.add_subplot(grid[0, j * span:(j + 1) * span])
             h = good[level]
-            edges = np.asarray([e if _num(e) is not None else 0.0 for e in h["edges"]], float)
+            edges = np.asarray([e if RT.num(e) is not None else 0.0 for e in h["edges"]], float)
             for key, color, label in (("projected", COLORS[0], "P(w_L): projection survivors"),
                                       ("retrained", COLORS[3], "w_{L+1}: after retraining")):
                 counts = h.get(key)
                 if isinstance(counts, list) and len(counts) == len(edges) - 1:
                     ax.stairs([c or 0 for c in counts], edges, color=color, lw=1.4, label=label,
                               fill=key == "projected", alpha=0.35 if key == "projected" else 1.0)
-            t = _num((by_level.get(level) or {}).get("threshold"))
+            t = RT.num((by_level.get(level) or {}).get("threshold"))
             if t is not None:
                 ax.axvline(t, color="black", ls="--", lw=1, label="threshold t_L")
-            d = _num((by_level.get(level) or {}).get("density"))
+            d = RT.num((by_level.get(level) or {}).get("density"))
             ax.set_title(f"level {level} → {level + 1}" + (f" ({fmt_pct(d)} alive at L)" if d else ""), fontsize=9)
             ax.set_xlabel("|w|")
             if j == 0:
@@ -259,16 +247,16 @@ def fig_small_weights(doc: dict, o: dict):
         densities = [x for x, _ in imp_x + chain_x]
         for data, label, color, marker in ((imp_x, "with retraining (IMP)", COLORS[2], "o"),
                                            (chain_x, "without retraining (chain)", COLORS[1], "s")):
-            pts = [(x, _num(row.get("relative_projection_length"))) for x, row in data]
+            pts = [(x, RT.num(row.get("relative_projection_length"))) for x, row in data]
             pts = [p for p in pts if p[1] is not None]
             if pts:
                 ax_len.plot(*zip(*pts), marker=marker, color=color, label=label)
-            pts = [(x, 100 * _num(row.get("projected_test_error"))) for x, row in data
-                   if _num(row.get("projected_test_error")) is not None]
+            pts = [(x, 100 * RT.num(row.get("projected_test_error"))) for x, row in data
+                   if RT.num(row.get("projected_test_error")) is not None]
             if pts:
                 ax_err.plot(*zip(*pts), marker=marker, color=color, label=f"projected, {label}")
-        sol = [(x, 100 * _num(row.get("solution_test_error"))) for x, row in imp_x
-               if _num(row.get("solution_test_error")) is not None]
+        sol = [(x, 100 * RT.num(row.get("solution_test_error"))) for x, row in imp_x
+               if RT.num(row.get("solution_test_error")) is not None]
         if sol:
             ax_err.plot(*zip(*sol), marker="o", ls=":", color=COLORS[2], mfc="white",
                         label="IMP solution w_L before its projection")
@@ -289,6 +277,8 @@ def fig_small_weights(doc: dict, o: dict):
 class SmallWeights(Claim):
     id = "4"
     title = "retraining exists to create new small weights"
+    statement = ("without retraining, each further cut removes more of the weights' norm and raises the error faster "
+                 "than with it (retraining creates new small weights)")
     thresholds = ("CHAIN_STEPS", "CHAIN_ERROR_MARGIN_PP", "CONFIDENCE", "MIN_REPLICATES")
     test_file = "test_claim4_small_weights.py"
     tabulated = frozenset({"imp", "chain", "per_replicate"})
@@ -335,7 +325,7 @@ class SmallWeights(Claim):
     def figures(self, doc: dict, outcome: dict) -> list[FigureSpec]:
         return [FigureSpec("fig5_small_weights",
                            "Figure 5: |w| histograms before and after retraining; projection length and projected "
-                           "error with and without retraining", lambda: fig_small_weights(doc, outcome))]
+                           "error with and without retraining", lambda: fig_small_weights(doc, outcome), lead=True)]
 
     def synthetic(self) -> dict:
         return {"4": synthetic}

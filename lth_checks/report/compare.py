@@ -25,8 +25,8 @@ from typing import Any
 
 from scipy import stats
 
-from .errors import LthError
-from .report import RESULTS_FILE, resolve_run_dir, validate_results
+from ..errors import LthError
+from .results import RESULTS_FILE, resolve_run_dir, validate_results
 
 FORMAT = "lth-checks-compare/1"
 ROW_KEYS = ("rewind", "level", "seed", "kind", "c", "step")  # what identifies a row of measured.rows

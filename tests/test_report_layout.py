@@ -1,0 +1,115 @@
+"""The report leads with the answer: the verdict table with one sentence per claim, the regime line and
+the figure behind each verdict come first; the run's metadata comes last (folded in HTML)."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+from test_report import claim1_outcome, claim3d_outcome, meta, planted
+
+from lth_checks import report as R
+from lth_checks.claim import get_claim, headline, reason
+
+pytestmark = pytest.mark.filterwarnings("error::lth_checks.report.ReportWarning")
+
+PREMISE = {"premise": "instability at k = 0, stability at the late rewind", "unstable_rewind": 0, "stable_rewind": 50,
+           "method": "planted",
+           "barriers": {"0": {"rewind": 0, "level": 0, "barrier_pp": {"mean": 9.3, "lo": 3.4, "hi": 15.2, "n": 5}},
+                        "50": {"rewind": 50, "level": 0, "barrier_pp": {"mean": 0.1, "lo": -0.2, "hi": 0.4, "n": 5}}}}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return R.write_report(planted(), meta(), tmp_path_factory.mktemp("reports"))
+
+
+def test_markdown_opens_with_the_verdict_table_and_ends_with_the_metadata(run: Path):
+    md = (run / "report.md").read_text(encoding="utf-8")
+    lines = md.splitlines()
+    headings = [line for line in lines if line.startswith("## ")]
+    assert headings[0] == "## Verdicts" and headings[-1] == "## Run"
+    first_table = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    assert lines[first_table] == "| claim | recipe | verdict | what was tested, and what the data say |"
+    run_at = lines.index("## Run")
+    assert first_table < lines.index("## Verdict details") < lines.index("## Outcomes") < run_at
+    assert md.index("| started (UTC) |") > run_at and md.index("| torch |") > run_at
+    # the regime line and the figures behind the verdicts come before the details
+    details = md.index("## Verdict details")
+    assert md.index("**Regime.**") < details
+    assert re.search(r'<img src="figures/fig2_barrier_vs_density_smoke.png" width="32%"', md[:details])
+    assert "fig1_error_vs_density" not in md[:details]  # one figure per claim up top, the one behind its verdict
+
+
+def test_each_claim_has_one_plain_sentence(run: Path):
+    md = (run / "report.md").read_text(encoding="utf-8")
+    top = md[:md.index("## Verdict details")]
+    expected = {(o["claim"], o["recipe"]): o for o in planted()}
+    rows = [line for line in top.splitlines() if line.startswith("| [")]
+    assert len(rows) == len(expected)
+    for line in rows:
+        claim, recipe = re.match(r"\| \[(\w+)\]\([^)]*\) \| (\S+)", line).groups()
+        o = expected[(claim, recipe)]
+        assert get_claim(claim).headline(o).replace("|", "\\|") in line
+    one = get_claim("1").headline(claim1_outcome())
+    assert one.startswith("Successive IMP levels are linearly connected exactly when the next level is matching: "
+                          "holds — ")
+
+
+def test_html_leads_with_verdicts_and_folds_the_metadata(run: Path):
+    html = (run / "report.html").read_text(encoding="utf-8")
+    first_table = html.index("<table")
+    assert 'class="verdicts"' in html[first_table:first_table + 40]
+    assert html.index('class="regime"') < html.index("<h2>Verdict details</h2>")
+    lead = html[:html.index("<h2>Verdict details</h2>")]
+    assert lead.count("<img") == 4  # claims 1, 2, 3a+3b (one figure) and 4
+    folded = html[html.index("<details"):html.index("</details>")]
+    assert "started (UTC)" in folded and "git commit" in folded
+    assert "started (UTC)" not in html[:html.index("<details")]
+
+
+def test_default_sentence_and_its_reasons():
+    o = claim3d_outcome()
+    o.update(verdict="INCONCLUSIVE", summary="underpowered: the typical interval is +-1.04 pp against 0.5 pp; needs "
+                                              "about 1,563 test examples; IMP +0.14 [-0.83, +0.97] pp")
+    assert headline("my claim holds", o) == ("My claim holds: not decided — too little data to resolve it (needs "
+                                             "about 1,563 test examples)")
+    assert reason("diverged: loss is NaN at iteration 120", "INCONCLUSIVE") == "a training run diverged"
+    assert reason("premise not met (x) at tau = 2 pp: a barrier is on the wrong side of tau; SGD-noise barrier",
+                  "INCONCLUSIVE") == "the scale's premise is not met (a barrier is on the wrong side of tau)"
+    assert reason("2/2 determined cases stay within 2 pp (0 undetermined; max 0.18 pp); 3 determined cases needed",
+                  "INCONCLUSIVE") == ("2/2 determined cases stay within 2 pp (0 undetermined; max 0.18 pp); "
+                                      "3 determined cases needed")
+    assert headline("x", {"verdict": "FAIL", "summary": ""}) == "X: contradicted"
+
+
+@pytest.mark.parametrize("met", [True, False])
+def test_regime_line_says_whether_the_premise_was_met(tmp_path: Path, met: bool):
+    outcomes = [claim1_outcome(), claim3d_outcome()]
+    premise = copy.deepcopy(PREMISE)
+    if not met:
+        premise["barriers"]["0"]["barrier_pp"].update(mean=1.0, lo=0.5, hi=1.5)
+    for o in outcomes:
+        o["premise"] = premise
+    m = meta("cpu")
+    m["options"]["plan"] = {"premise": PREMISE["premise"], "regime": ""}
+    m["regime"] = f"premise: {PREMISE['premise']}"
+    md = (R.write_report(outcomes, m, tmp_path) / "report.md").read_text(encoding="utf-8")
+    line = next(line for line in md.splitlines() if line.startswith("**Regime.**"))
+    assert "Scale cpu, recipe smoke (ours)." in line
+    if met:
+        assert "on smoke: met at τ = 2 pp (SGD-noise barrier k = 0: 9.30 pp [3.40, 15.20]" in line
+        assert "in the paper's regime on a reduced recipe of this project (ours), not the paper's recipe" in line
+    else:
+        assert "on smoke: NOT met at τ = 2 pp" in line and "INCONCLUSIVE here" in line
+
+
+def test_own_claim_ids_validate():
+    doc = R.load_results(Path(__file__).resolve().parents[1] / "reports" / "20261127-132501-smoke")
+    for good, bad in (("dense-error", "../x"), ("my_claim.2", " 5"), ("5", "")):
+        doc["outcomes"][0]["claim"] = good
+        assert R.validate_results(doc) == []
+        doc["outcomes"][0]["claim"] = bad
+        assert len(R.validate_results(doc)) == 1
