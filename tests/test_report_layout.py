@@ -113,3 +113,18 @@ def test_own_claim_ids_validate():
         assert R.validate_results(doc) == []
         doc["outcomes"][0]["claim"] = bad
         assert len(R.validate_results(doc)) == 1
+
+
+def test_claims_2_and_4_say_their_numbers_in_plain_words():
+    """The committed cpu report: claim 2 in counts of determined perturbations, claim 4 with both halves."""
+    import json
+
+    doc = json.loads((Path(__file__).resolve().parents[1] / "reports" / "20261127-134947-cpu" / "results.json")
+                     .read_text())
+    by_claim = {o["claim"]: o for o in doc["outcomes"]}
+    two = get_claim("2").headline(by_claim["2"])
+    assert "not decided — 2 of 2 determined perturbations up to c = 1 leave a barrier below 2 pp" in two
+    assert two.endswith("3 determined cases needed")
+    four = get_claim("4").headline(by_claim["4"])
+    assert "error rises +8.0 pp [+2.9, +13.6] beyond IMP's, as predicted" in four
+    assert "does not grow measurably faster than along IMP (log slope +0.094 [-0.102, +0.290] per cut)" in four

@@ -316,6 +316,24 @@ class Perturbation(Claim):
                            "Figure 3: barrier vs perturbation size c per level, with SGD-noise and real-pair controls",
                            lambda: fig_barrier_vs_c(doc, outcome), lead=True)]
 
+    def headline(self, outcome: dict) -> str:
+        """The sentence in counts of determined perturbations (the rule's wording is for the details)."""
+        e, verdict = outcome.get("effect") or {}, outcome.get("verdict")
+        det, kept = RT.num(e.get("determined")), RT.num(e.get("connected"))
+        summary = str(outcome.get("summary") or "")
+        if det is None or kept is None or summary.startswith(("underpowered", "premise", "diverged", "no ")):
+            return super().headline(outcome)
+        c_max, tau, need = float(T.ROBUST_UP_TO_C.value), e.get("tau_pp", 2), int(T.MIN_DETERMINED_PER_CLASS.value)
+        found = (f"{kept:g} of {det:g} determined perturbations up to c = {c_max:g} leave a barrier below "
+                 f"{tau:g} pp")
+        text = self.statement[:1].upper() + self.statement[1:]
+        if verdict == PASS:
+            return f"{text}: holds — {found}"
+        if verdict == FAIL:
+            return f"{text}: contradicted — {found}, significantly fewer than the claim needs"
+        short = f"; {need} determined cases needed" if det < need else ""
+        return f"{text}: not decided — {found}{short}"
+
     def synthetic(self) -> dict:
         return {"2": synthetic}
 

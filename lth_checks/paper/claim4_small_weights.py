@@ -291,6 +291,18 @@ class SmallWeights(Claim):
             "like with like: the chain after s cuts of w_1 vs IMP's projection P(w_s), both at density 0.8^(s+1), "
             "paired over test examples; slopes of log relative projection length per cut (ours)"]
 
+    def headline(self, outcome: dict) -> str:
+        """When the error rises as predicted but the projection lengths do not separate, say both halves."""
+        e = outcome.get("effect") or {}
+        excess, slope = e.get("excess_pp") or {}, e.get("slope_difference") or {}
+        if not str(outcome.get("summary") or "").startswith("error as predicted") or "mean" not in excess:
+            return super().headline(outcome)
+        text = self.statement[:1].upper() + self.statement[1:]
+        return (f"{text}: not decided — without retraining the error rises {excess['mean']:+.1f} pp "
+                f"[{excess['lo']:+.1f}, {excess['hi']:+.1f}] beyond IMP's, as predicted, but the projection length "
+                f"does not grow measurably faster than along IMP (log slope {slope.get('mean', float('nan')):+.3f} "
+                f"[{slope.get('lo', float('nan')):+.3f}, {slope.get('hi', float('nan')):+.3f}] per cut)")
+
     def plan(self, b, recipe: str) -> None:
         """Weight statistics of levels 0..last-2, the no-retraining chain from level 1, and the correctness
         of the chain's end and of IMP's projection at the same density."""
