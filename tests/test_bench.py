@@ -71,7 +71,7 @@ def test_quick_benchmark_reports_every_figure(quick_result: dict) -> None:
                 *(f"replicas_R{n}_{e}_vs_sequential" for n in (1, 2, 4) for e in ("vmap", "loop"))}
     assert set(r["ratios"]) == expected
     assert all(_positive(v) for v in r["ratios"].values()), r["ratios"]
-    assert r["wall_s"] < 60
+    assert r["wall_s"] < 300  # minutes at most even on a loaded 2-core CI machine (a wall-clock bound, so generous)
 
 
 def test_report_table_and_cli(quick_result: dict, tmp_path, monkeypatch, capsys) -> None:

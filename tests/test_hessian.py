@@ -162,9 +162,10 @@ def test_power_iteration_matches_eigvalsh_and_lanczos(case: Case) -> None:
 def test_hutchinson_trace_agrees_with_exact_trace(case: Case) -> None:
     h = RestrictedHessian(case.model, case.mask, case.x, case.y)
     exact = float(np.trace(case.sliced))
-    mean, se = hutchinson_trace(h, samples=400, seed=0)
+    # 100 probes: a 4-standard-error check is as strict at any sample size (the CPU time is the HVPs)
+    mean, se = hutchinson_trace(h, samples=100, seed=0)
     assert se > 0 and abs(mean - exact) <= 4 * se
-    assert hutchinson_trace(h, samples=400, seed=0) == (mean, se)  # reproducible
+    assert hutchinson_trace(h, samples=100, seed=0) == (mean, se)  # reproducible
     big_mean, big_se = hutchinson_trace(_Dense(case.sliced), samples=6400, seed=1)
     assert abs(big_mean - exact) <= 4 * big_se and big_se < se / 2
 
