@@ -269,6 +269,24 @@ def test_a_broken_schema_is_an_error_not_a_silent_pass():
         R.validate_results({}, {"type": "objekt"})
 
 
+def test_without_jsonschema_the_report_is_written_and_says_it_went_unvalidated(tmp_path: Path, monkeypatch):
+    """The GPU image has no jsonschema: a claims run there must not lose its report to an ImportError."""
+    import sys
+
+    from lth_checks.report import results as RR
+
+    monkeypatch.setitem(sys.modules, "jsonschema", None)  # `import jsonschema` raises ImportError
+    RR._validator.cache_clear()
+    try:
+        with pytest.raises(R.SchemaUnavailable, match="pip install jsonschema"):
+            R.validate_results({})
+        with pytest.warns(R.ReportWarning, match="results.json not validated: jsonschema is not installed"):
+            run_dir = R.write_report([claim3d_outcome()], meta(), tmp_path)
+        assert (run_dir / "report.html").is_file() and R.load_results(run_dir)["outcomes"]
+    finally:
+        RR._validator.cache_clear()
+
+
 def test_bad_documents_are_reported_with_their_path(run: Path):
     good = R.load_results(run)
     cases = []  # (change, the JSON path and words the error line must carry)

@@ -29,6 +29,7 @@ from .results import (
     SCHEMA_FILE,
     VERDICTS,
     ReportWarning,
+    SchemaUnavailable,
     atomic_write,
     dumps,
     load_results,
@@ -43,7 +44,8 @@ from .results import (
 from .tables import Figure, Table, fmt, fmt_ci, fmt_err, fmt_pct
 
 __all__ = ["FAIL", "FIGURES_DIR", "INCONCLUSIVE", "LATEST", "PASS", "RESULTS_FILE", "RESULTS_SCHEMA", "SCHEMA_FILE",
-           "VERDICTS", "Figure", "ReportWarning", "Table", "fmt", "fmt_ci", "fmt_err", "fmt_pct", "load_results",
+           "VERDICTS", "Figure", "ReportWarning", "SchemaUnavailable", "Table", "fmt", "fmt_ci", "fmt_err", "fmt_pct",
+           "load_results",
            "rebuild", "resolve_run_dir", "run_metadata", "summarize", "to_jsonable", "validate_results",
            "write_report"]
 
@@ -60,7 +62,11 @@ def write_report(outcomes: list[dict], meta: dict, report_root: str | Path = "re
     outcomes = [{k: v for k, v in o.items() if k != "evidence"} for o in outcomes]  # bits go to the archive
     doc = to_jsonable({"meta": meta, "thresholds": T.as_dict(), "outcomes": list(outcomes),
                        "summary": summarize(outcomes)})
-    errors = validate_results(doc)
+    try:
+        errors = validate_results(doc)
+    except SchemaUnavailable as e:
+        warnings.warn(str(e), ReportWarning, stacklevel=2)
+        errors = []
     if errors:
         warnings.warn(f"results do not match RESULTS_SCHEMA: {'; '.join(errors[:5])}", ReportWarning, stacklevel=2)
     run_dir = new_run_dir(root, run_id, str(meta.get("scale") or "run"))

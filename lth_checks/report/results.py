@@ -23,9 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from .. import __version__
+from ..errors import LthError
 
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
 VERDICTS = (PASS, FAIL, INCONCLUSIVE)
@@ -47,8 +46,19 @@ RESULTS_SCHEMA: dict = json.loads(importlib.resources.files("lth_checks").joinpa
                                   .read_text(encoding="utf-8"))
 
 
+class SchemaUnavailable(LthError):
+    """jsonschema is not installed (the GPU image lacks it): results.json cannot be validated here."""
+
+
 @functools.cache
-def _validator(schema_text: str) -> jsonschema.Draft202012Validator:
+def _validator(schema_text: str):
+    # Imported here, not at the top: the GPU image has no jsonschema, and a claims run there must still
+    # write its report (write_report then says that results.json went unvalidated).
+    try:
+        import jsonschema
+    except ImportError as e:
+        raise SchemaUnavailable("results.json not validated: jsonschema is not installed here "
+                                "(pip install jsonschema where the report must be checked)") from e
     schema = json.loads(schema_text)
     jsonschema.Draft202012Validator.check_schema(schema)  # a broken schema is a bug: SchemaError, not a warning
     return jsonschema.Draft202012Validator(schema)
