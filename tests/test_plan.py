@@ -130,3 +130,18 @@ def test_a_claim_selection_keeps_the_premise_check_that_gates_it():
     premise = {j.id for j in full.jobs.values() if "premise" in j.claims}
     assert premise and premise <= set(P.select(full, {"2"}).jobs)
     assert P.select(full, set()).jobs == {}
+
+
+def test_flatness_levels_are_not_measured_where_the_design_cannot_decide_them(tmp_path: Path):
+    """The cpu scale branches at one level: 3a-3c (which compare levels) plan nothing and say why, without
+    training; 3d and the other claims keep their jobs. Smoke (4 branch levels) keeps 3a-3c's jobs."""
+    from lth_checks.claim import get_claim
+
+    cpu = P.claims_plan(ClaimContext(scale="cpu", device="cpu", cache_dir=str(tmp_path / "cpu")))
+    assert not [j for j in cpu.jobs.values() if "3" in j.claims]
+    assert [j for j in cpu.jobs.values() if "3d" in j.claims] and [j for j in cpu.jobs.values() if "1" in j.claims]
+    smoke = P.claims_plan(ClaimContext(scale="smoke", device="cpu", cache_dir=str(tmp_path / "smoke")))
+    assert [j for j in smoke.jobs.values() if "3" in j.claims and j.what == "oneshot"]
+    out = get_claim("3a").run(ClaimContext(scale="cpu", device="cpu", cache_dir=str(tmp_path / "cpu")), "cpu")
+    assert out["verdict"] == "INCONCLUSIVE" and out["summary"].startswith("by design: this run branches at 1 level")
+    assert not (tmp_path / "cpu" / "imp").exists() or not any((tmp_path / "cpu" / "imp").rglob("*.safetensors"))

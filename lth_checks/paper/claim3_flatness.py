@@ -23,7 +23,7 @@ from .. import rates as RATES
 from .. import stats as S
 from .. import thresholds as T
 from .. import verdicts as V
-from ..claim import Claim, FigureSpec, register
+from ..claim import Claim, FigureSpec, NotDecidable, register
 from ..evidence import ClaimContext
 from ..imp import Experiment
 from ..measure import suite
@@ -629,6 +629,27 @@ THRESHOLDS = {"a": ("SIGNIFICANCE", "ONESHOT_GRID", "BARRIER_TAU_PP", "MATCHING_
 TEST_IDS = {"a": "sharpness-vs-pmax", "b": "theory-vs-measured", "c": "magnitude-flatter", "d": "oneshot-fails"}
 
 
+# Branch levels each of 3a-3c compares, fixed by its rule before any data: 3a's permutation test within
+# equal density reaches p < 0.025 only from 3 levels of 3 seeds (at 2 levels, 3!^2 = 36 arrangements give
+# p >= 1/36); 3b decides on P_STAR_MIN_LEVELS determined levels; 3c's one-sided sign test over levels
+# reaches p < 0.05 from 5 levels (0.5^5 = 0.031).
+MIN_BRANCH_LEVELS = {"a": 3, "b": int(T.P_STAR_MIN_LEVELS.value), "c": 5}
+
+
+def too_few_branch_levels(ctx: ClaimContext) -> str | None:
+    """Why 3a-3c cannot be decided by this run's design (fewer branch levels than any of them needs), or
+    None. Then none of them is measured: a run that cannot decide them spends nothing on their one-shot
+    grid and Hessians (at the cpu scale, with one branch level, about a fifth of its time)."""
+    levels = ctx.branch_levels()
+    fewest = min(MIN_BRANCH_LEVELS.values())
+    if len(levels) >= fewest:
+        return None
+    need = ", ".join(f"3{p} {n}" for p, n in MIN_BRANCH_LEVELS.items())
+    return (f"by design: this run branches at {len(levels)} level(s) {list(levels)}, and 3a-3c compare levels "
+            f"({need} at least), so their one-shot grid and Hessians were not measured; use a scale with more "
+            "branch levels (small, paper)")
+
+
 class Flatness(Claim):
     """One part of claim 3 (a, b, c: from the shared per-(seed, level) rows; d: see OneShot)."""
 
@@ -661,8 +682,11 @@ class Flatness(Claim):
             "too"]
 
     def plan(self, b, recipe: str) -> None:
-        """One-shot prunes with their paths, Hessians and direction curvature at the late rewind (a-c)."""
+        """One-shot prunes with their paths, Hessians and direction curvature at the late rewind (a-c);
+        nothing where the run's design cannot decide them (`too_few_branch_levels`)."""
         ctx = b.ctx
+        if too_few_branch_levels(ctx):
+            return
         for seed in range(ctx.n_replicates()):
             exp = ctx.experiment(recipe, ctx.late_rewind(recipe), seed)
             specs = branch_specs(ctx, exp)
@@ -674,6 +698,10 @@ class Flatness(Claim):
                 b.curvature(exp, level, self.tag)
 
     def evidence(self, ctx: ClaimContext, recipe: str, outcome: dict) -> tuple[dict, list[Experiment]]:
+        why = too_few_branch_levels(ctx)
+        if why:
+            raise NotDecidable(why, [ctx.experiment(recipe, ctx.late_rewind(recipe), seed)
+                                     for seed in range(ctx.n_replicates())])
         exps = ctx.lineages(recipe, ctx.late_rewind(recipe))
         rows = levels_rows(ctx, recipe, float(T.BARRIER_TAU_PP.value))
         used = sorted({r["hessian_examples"] for r in rows})
