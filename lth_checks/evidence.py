@@ -67,17 +67,18 @@ PLANS = {
     "smoke": ScalePlan(("smoke",), replicates=2, levels=15, branch_levels=(0, 4, 8, 12), path_points=11,
                        regime=SMOKE_REGIME),
     # Sized to finish from a cold cache in under an hour on 2 CPU cores with `-n 2` (issue 13). Measured
-    # here: 42 CPU-s per 936-iteration training, ~8 CPU-s per 11-point path. About 83 trainings' worth of
-    # iterations (IMP: 36, perturbations at level 0: 25, one-shot sweeps at level 0: 20, the one-shot to the
-    # target density: 2) and ~100 paths come to ~75 CPU-minutes before curvature; each further branch level
-    # would add ~45 trainings and ~66 paths.
+    # here: 42 CPU-s per 936-iteration training, ~8 CPU-s per 11-point path. Levels 0-9: level 9 (13.4%
+    # of the weights) is the one-shot claim's fixed target density. A cold run at levels 9 that also
+    # measured the flatness claim's one-shot grid and Hessians took ~68 minutes on this machine; with one
+    # branch level those parts cannot be decided (`too_few_branch_levels`) and are no longer measured,
+    # which frees ~15 minutes. Neither rewind stops matching before ~4% of the weights (levels 13-14: this
+    # small network's error *falls* with pruning down to ~10%), which would take ~6 more levels, ~13 minutes.
     # The premise takes 5 replicates: the k = 0 barrier varies a lot between seeds (pilot: 17.7, 7.9, 6.6 pp,
     # interval [-4.3, 25.8] over 3 with t = 4.3; with 7.0 and 7.3 pp more: [3.4, 15.2]); 2 more seeds cost 8
     # trainings of level 0.
-    # The Hessian at the default 4,096 examples and top 100 costs ~20 CPU-minutes per solution here
-    # (~390 Hessian-vector products on 4,096 16x16 images): 1,024 examples and the top 20 (the bulk by
-    # SLQ as everywhere) bring the three Hessians of the flatness claim to minutes; below CLAIMS.md's 4,096 (ours).
-    "cpu": ScalePlan(("cpu",), replicates=3, levels=6, branch_levels=(0,), path_points=11,
+    # hessian_k / hessian_examples apply where a run adds branch levels: the Hessian at 4,096 examples and
+    # top 100 costs ~20 CPU-minutes per solution here; 1,024 examples and the top 20 (ours; CLAIMS.md: 4,096).
+    "cpu": ScalePlan(("cpu",), replicates=3, levels=9, branch_levels=(0,), path_points=11,
                      premise=REGIME_PREMISE, premise_replicates=5, hessian_k=20, hessian_examples=1024),
     # sized to one 8-minute H100 command by `lth-checks plan` (issue 10; README "The small scale")
     "small": ScalePlan(("small",), replicates=2, levels=8, branch_levels=(1, 3, 5, 7), path_points=11,
