@@ -70,8 +70,31 @@ def tiny_experiment(tiny_config: IMPConfig, store: Store):
     return Experiment(tiny_config, store=store, device="cpu")
 
 
+def _minutes(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("slow")
+    return float(marker.kwargs.get("minutes", 1.0)) if marker else 0.0
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `slow` run first (stable order otherwise): under `-n 2` xdist hands out its first
-    batch round-robin, so the minutes-long ones (the premise check, one per rewind) start at once on
-    different workers instead of queueing behind each other at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Place the minutes-long tests (marked `slow`, longest first) so that each xdist worker starts one.
+
+    Under `-n 2 --dist worksteal` (CI and the README) each worker is sent one contiguous share of this
+    list and an idle worker steals from the *tail* of another's queue: the slow tests go, alternately,
+    to the head of each share. (The default `load` scheduler sends contiguous chunks of about an eighth
+    of the suite, so all slow tests landed on one worker and ran one after the other: ~17 minutes.)
+    Every worker computes the same order, as xdist requires.
+    """
+    slow = sorted((i for i in items if i.get_closest_marker("slow")), key=_minutes, reverse=True)
+    rest = [i for i in items if not i.get_closest_marker("slow")]
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    if workers < 2:
+        items[:] = slow + rest
+        return
+    ordered, remaining = [], len(items)
+    for w in range(workers):  # the shares worksteal sends: len(pending) // workers still to serve
+        share = remaining // (workers - w)
+        head = slow[w::workers]
+        take = max(0, share - len(head))
+        ordered += head + rest[:take]
+        rest, remaining = rest[take:], remaining - share
+    items[:] = ordered + rest

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO_ROOT, cli_env
 from test_plan import LEVELS, REPLICATES, REWINDS, SETTINGS, _ctx, assert_cache_holds_exactly_the_plan
 
@@ -26,6 +27,7 @@ def _run_claims(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow(minutes=1.5)
 def test_claims_plugin_end_to_end(tmp_path: Path):
     plan = P.claims_plan(_ctx(tmp_path / "cache"))
     proc = _run_claims(tmp_path)

@@ -48,6 +48,7 @@ def _trained_segments(cache: Path) -> Counter:
     return Counter((r["entry"], r["segment"]) for r in Store(cache).trainings() if r["resumed_from"] is None)
 
 
+@pytest.mark.slow(minutes=1)
 def test_local_submission_trains_exactly_the_plan_and_nothing_twice(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     proc = _cli("submit", "--executor", "local", *TINY, "--cache-dir", str(cache), "--wait", cwd=tmp_path)
@@ -102,7 +103,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 @pytest.mark.slurm
-@pytest.mark.slow
+@pytest.mark.slow(minutes=3.5)
 def test_real_slurm_run_equals_a_local_run_and_survives_a_cancelled_job(tmp_path: Path) -> None:
     reason = _slurm_reason()
     if reason:

@@ -6,11 +6,13 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import REPO_ROOT, cli_env
 
 from lth_checks.devicecheck import CIFAR_FILES, MAX_FILES, Step, _inline_figures, _run_step, join_cifar_parts
 
 
+@pytest.mark.slow(minutes=2)
 def test_rehearsal_runs_every_step_and_brings_back_at_most_eight_files(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh"), str(out), "--rehearse",

@@ -40,7 +40,7 @@ def cpu_context(tmp_path: Path) -> ClaimContext:
     return ClaimContext(scale="cpu", device="cpu", data_root=str(root), cache_dir=cache)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=8)
 def test_cpu_recipe_is_unstable_at_rewind_0(tmp_path: Path) -> None:
     row = evidence.premise_row(cpu_context(tmp_path), "cpu", 0)
     b = row["barrier_pp"]
@@ -49,7 +49,7 @@ def test_cpu_recipe_is_unstable_at_rewind_0(tmp_path: Path) -> None:
         f"(replicates {b['values']}), its interval should lie above tau = {TAU} pp")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=6)
 def test_cpu_recipe_is_stable_at_the_late_rewind(tmp_path: Path) -> None:
     ctx = cpu_context(tmp_path)
     late = ctx.late_rewind("cpu")
