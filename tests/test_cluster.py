@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -95,11 +98,17 @@ def _slurm_reason() -> str | None:
     return None
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
+def _wait_for(predicate, timeout: float, what: str, poll: float = 1.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
+        time.sleep(poll)
+
+
+def _job_pids(job_id: str) -> set[int]:
+    """Processes of a running Slurm job on this (the only) node: `scontrol listpids`."""
+    out = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True).stdout
+    return {int(line.split()[0]) for line in out.splitlines()[1:] if line.split() and line.split()[0].isdigit()}
 
 
 @pytest.mark.slurm
@@ -114,17 +123,29 @@ def test_real_slurm_run_equals_a_local_run_and_survives_a_cancelled_job(tmp_path
     proc = _cli(*submit, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ledger = json.loads(next((cache / "cluster").glob("smoke-*.json")).read_text())
-    branch_jobs = {name: u["job_id"] for name, u in ledger["units"].items() if name.startswith("branches:")}
-    assert len(branch_jobs) == 4 and all(branch_jobs.values())
-    # cancel one branch unit while it runs (after its lineage's training: afterok)
-    victim = next(iter(branch_jobs.values()))
+    branch_units = {name: u for name, u in ledger["units"].items() if name.startswith("branches:")}
+    assert len(branch_units) == 4 and all(u["job_id"] for u in branch_units.values())
+    # cancel one branch unit (the one with the most jobs) while it holds a lease on a cache entry, i.e. in
+    # the middle of producing it (it runs after its lineage's training: afterok); a tiny unit is done a few
+    # seconds after its interpreter starts, so the test watches for the lease rather than sleeping
+    victim = max(branch_units.values(), key=lambda u: u["jobs"])["job_id"]
 
     def squeue(*args: str) -> str:
         return subprocess.run(["squeue", "-h", *args], capture_output=True, text=True).stdout.strip()
 
-    _wait_for(lambda: squeue("-j", victim, "-o", "%T") == "RUNNING", 600, f"job {victim} to run")
-    time.sleep(3)
-    subprocess.run(["scancel", victim], check=True)
+    _wait_for(lambda: squeue("-j", victim, "-o", "%T") == "RUNNING", 600, f"job {victim} to run", poll=0.2)
+
+    def victim_holds_a_lease() -> bool:
+        pids = _job_pids(victim)
+        return any((LeaseLock(p).holder() or {}).get("pid") in pids for p in cache.glob("*/*.lock"))
+
+    _wait_for(victim_holds_a_lease, 120, f"job {victim} to take a lease", poll=0.1)
+    # SIGKILL to the job's processes, as a node failure or the OOM killer would: scancel sends SIGTERM,
+    # which submitit's jobs bypass until Slurm's KillWait (30 s) runs out, long enough for a tiny unit to
+    # finish its work (the job then counts as done, and nothing was interrupted)
+    for pid in _job_pids(victim):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     _wait_for(lambda: not squeue("-j", victim), 120, f"job {victim} to end")
     # what the killed job was producing: its lease files stay behind with a dead holder
     in_progress = {f"{p.parent.name}/{p.name[:-len('.lock')]}" for p in cache.glob("*/*.lock")
