@@ -254,8 +254,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = P.claims_plan(ctx)
     if args.claim:
         plan = P.select(plan, set(args.claim))
-    tp = P.throughput_for(args.device_type, args.bench)
-    print(P.format_totals(plan, tp, P._epoch_iterations(ctx)))
+    tp = P.throughput_for(args.device_type, args.bench, models=plan.models)
+    print(P.format_totals(plan, tp, P._epoch_iterations(ctx), workers=args.workers))
     if args.list:
         print(P.format_jobs(plan, tp))
     if args.json:
@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", metavar="JSON", help="throughput from this `lth-checks bench` JSON (default: the "
                    "newest full one in reports/bench/ for --device-type, else the stated H100 assumption)")
     p.add_argument("--device-type", default="cuda", choices=("cuda", "cpu"), help="device the estimate is for")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the work, as pytest's -n N (default 1)")
     p.add_argument("--list", action="store_true", help="also list every job with its key, cost and state")
     p.add_argument("--json", metavar="PATH", help="write the whole plan as JSON")
     p.set_defaults(func=cmd_plan)

@@ -11,7 +11,9 @@ entry (`_KeyProbe`). So the keys are the real ones and follow any change to the 
 Hessian-vector products) into device seconds, with replicas trained together as the code groups
 them (`imp.run_together` per recipe, rewind and level; `branches.train_together` per lineage in
 groups of 16). Throughput comes from a `lth-checks bench` JSON (`reports/bench/*.json`) when one
-exists for the device, otherwise from a stated assumption (`ASSUMED_H100`).
+exists for the device, otherwise from a stated figure: `ASSUMED_H100` on a GPU, and on a CPU the
+cpu recipe's speed measured on this project's 2-core machine (`MEASURED_CPU_RESNET8`) where the plan
+trains only that model. A CPU run's work splits over its pytest-xdist workers (`workers`).
 """
 
 from __future__ import annotations
@@ -388,6 +390,7 @@ class Throughput:
     s_per_hvp_image: float
     startup_s: float  # process start, CUDA context, data loading, report
     per_job_s: float  # model building, cache writes and reads per job
+    model: tuple = ("cifar_resnet", 20, 16)  # (name, depth, width) whose speed this is
 
     def replica_factor(self, r: int) -> float:
         """Time of R replicas together in units of one: linear between measured points, then extrapolated."""
@@ -412,6 +415,20 @@ ASSUMED_H100 = Throughput(
            "image; 30 s start-up, data loading and report; 0.05 s per job",
     s_per_iteration=0.5 / 390, replica_time=((1, 1.0), (8, 3.0)), s_per_eval_image=0.5 / 390 / 128 / 3,
     s_per_hvp_image=2 * 0.5 / 390 / 128, startup_s=30.0, per_job_s=0.05)
+
+
+# Measured on this project's 2-core AMD EPYC machine (torch 2.13.0 CPU, one intra-op thread per
+# process, the cpu recipe: ResNet-8 width 8 on 16x16 CIFAR-10): 42 CPU-s per 936-iteration training
+# with its evaluation, ~8 CPU-s per 11-point path with BN re-estimated (154,000 images). On a CPU the
+# replicas of a group train one after another (`replicas.resolve_execution`: "loop"), so R replicas
+# cost R times one. The per-job overhead (model building, safetensors writes, BN re-estimation set-up
+# and workers waiting on each other's locks) is calibrated so that the levels-0-9 cold run, measured
+# at 40.6 min with `-n 2`, is reproduced.
+MEASURED_CPU_RESNET8 = Throughput(
+    source="measured on a 2-core AMD EPYC (torch 2.13, 1 thread per worker) for the cpu recipe: 0.044 s per SGD "
+           "step, 52 us per evaluated image, 1.7 s overhead per job, replicas one after another",
+    s_per_iteration=0.044, replica_time=((1, 1.0), (8, 8.0)), s_per_eval_image=52e-6,
+    s_per_hvp_image=2 * 0.044 / 128, startup_s=20.0, per_job_s=1.7, model=("cifar_resnet", 8, 8))
 
 
 def throughput_from_bench(path: str | Path) -> Throughput:
@@ -453,12 +470,17 @@ def find_bench(folder: str | Path = "reports/bench", device_type: str = "cuda") 
 
 
 def throughput_for(device_type: str = "cuda", bench: str | Path | None = None,
-                   folder: str | Path = "reports/bench") -> Throughput:
-    """An explicit bench JSON, else the newest full one for the device type, else `ASSUMED_H100`."""
+                   folder: str | Path = "reports/bench", models: Iterable[tuple] = ()) -> Throughput:
+    """An explicit bench JSON, else the newest full one for the device type, else a stated figure:
+    on a CPU whose plan trains only the cpu recipe's model, `MEASURED_CPU_RESNET8`; else `ASSUMED_H100`."""
     if bench:
         return throughput_from_bench(bench)
     found = find_bench(folder, device_type)
-    return throughput_from_bench(found) if found else ASSUMED_H100
+    if found:
+        return throughput_from_bench(found)
+    if device_type == "cpu" and models and set(models) <= {MEASURED_CPU_RESNET8.model}:
+        return MEASURED_CPU_RESNET8
+    return ASSUMED_H100
 
 
 def job_seconds(plan: Plan, tp: Throughput, *, only_todo: bool = True, grouped: bool = True) -> dict[str, float]:
@@ -525,8 +547,9 @@ def _epoch_iterations(ctx: ClaimContext) -> int | None:
     return iterations_per_epoch(CIFAR_TRAIN, cfg.train.batch_size) if cfg.data.dataset.startswith("cifar") else None
 
 
-def format_totals(plan: Plan, tp: Throughput, ipe: int | None = None) -> str:
-    """The table `lth-checks plan` and the pytest run print."""
+def format_totals(plan: Plan, tp: Throughput, ipe: int | None = None, workers: int = 1) -> str:
+    """The table `lth-checks plan` and the pytest run print; `workers` processes share the work
+    (pytest-xdist's `-n`), so the wall time is the work divided by them."""
     t = totals(plan, tp)
     lines = [f"plan for {plan.description}",
              f"{'':<36}{'count':>7}{'cached':>8}{'iterations':>12}{'epochs' if ipe else '':>8}{'eval images':>14}"
@@ -540,13 +563,15 @@ def format_totals(plan: Plan, tp: Throughput, ipe: int | None = None) -> str:
     lines.append(f"{'total':<36}{n:>7}{sum(r['cached'] for r in t.rows):>8}{it:>12,}"
                  + (f"{it / ipe:>8.0f}" if ipe else f"{'':>8}")
                  + f"{sum(r['images'] for r in t.rows):>14,}{sum(r['hvps'] for r in t.rows):>8,}{t.seconds_cold:>9.0f}")
-    lines.append(f"estimated device time from a cold cache: {_minutes(t.seconds_cold + t.startup_s)} "
-                 f"({t.seconds_cold:.0f} s of work + {t.startup_s:.0f} s start-up, data loading and report); "
-                 f"still to do with this cache: {_minutes(t.seconds_todo + t.startup_s)}")
+    on = f" on {workers} workers" if workers > 1 else ""
+    lines.append(f"estimated device time{on} from a cold cache: {_minutes(t.seconds_cold / workers + t.startup_s)} "
+                 f"({t.seconds_cold:.0f} s of work{' shared by them' if on else ''} + {t.startup_s:.0f} s start-up, data loading and report); "
+                 f"still to do with this cache: {_minutes(t.seconds_todo / workers + t.startup_s)}")
     lines.append(f"throughput: {tp.source}")
-    if plan.models - {("cifar_resnet", 20, 16)}:
-        lines.append("(the throughput is that of ResNet-20 on CIFAR-10; this plan trains other models too, so its "
-                     "time is indicative only)")
+    if plan.models - {tp.model}:
+        name, depth, width = tp.model
+        lines.append(f"(the throughput is that of {name} depth {depth} width {width}; this plan trains other models "
+                     "too, so its time is indicative only)")
     return "\n".join(lines)
 
 

@@ -150,13 +150,16 @@ def _start_plan(config: pytest.Config, nodeids: list[str]) -> None:
         return
     try:
         plan = P.select(P.claims_plan(ctx), claims)
-        tp = P.throughput_for(resolve_device(ctx.device).type, folder=os.path.join(config.option.report_dir, "bench"))
+        tp = P.throughput_for(resolve_device(ctx.device).type, folder=os.path.join(config.option.report_dir, "bench"),
+                              models=plan.models)
     except LthError as e:
         print(f"[lth] no plan: {e}", file=sys.stderr)
         return
     tr = config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
-        for line in P.format_totals(plan, tp, P._epoch_iterations(ctx)).splitlines():
+        workers = getattr(config.option, "numprocesses", None)
+        workers = workers if isinstance(workers, int) and workers > 1 else 1
+        for line in P.format_totals(plan, tp, P._epoch_iterations(ctx), workers=workers).splitlines():
             tr.write_line(line)
     tty = config.stash.get(_tty_key, None)
     if tty is not None and not ctx.cache_only and P.progress_weights(plan, tp):

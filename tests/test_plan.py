@@ -112,6 +112,23 @@ def test_throughput_from_a_bench_json(tmp_path: Path):
         P.throughput_from_bench(tmp_path / "bad.json")
 
 
+def test_cpu_scale_is_sized_by_the_measured_cpu_throughput_within_an_hour():
+    """Issue 13: `pytest claims/ --scale cpu -n 2` from a cold cache in at most 60 minutes on 2 cores.
+    On a CPU the plan uses the cpu recipe's measured speed, not the H100 assumption, and splits the
+    work over the xdist workers; the calibration reproduces the measured levels-0-9 run (40.6 min)."""
+    plan = P.claims_plan(ClaimContext(scale="cpu", device="cpu", cache_dir="/nonexistent-lth-cache"))
+    tp = P.throughput_for("cpu", folder="/nonexistent-bench", models=plan.models)
+    assert tp is P.MEASURED_CPU_RESNET8
+    t = P.totals(plan, tp)
+    assert (t.seconds_cold / 2 + t.startup_s) / 60 <= 60
+    text = P.format_totals(plan, tp, workers=2)
+    assert "on 2 workers" in text and "indicative only" not in text
+    # a plan with another model on the CPU falls back to the stated GPU assumption, and says so
+    smoke = P.claims_plan(ClaimContext(scale="smoke", device="cpu", cache_dir="/nonexistent-lth-cache"))
+    tp = P.throughput_for("cpu", folder="/nonexistent-bench", models=smoke.models)
+    assert tp is P.ASSUMED_H100 and "indicative only" in P.format_totals(smoke, tp)
+
+
 def test_plan_command(tmp_path: Path):
     proc = run_cli("plan", "--scale", "small", "--claim", "2", "--json", str(tmp_path / "plan.json"),
                    "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
