@@ -73,7 +73,7 @@ def _build() -> dict[str, Recipe]:
                       train=TrainConfig(lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=128,
                                         iterations=CPU_EPOCHS * iterations_per_epoch(CPU_TRAIN, 128),
                                         milestones=(round(0.8 * CPU_EPOCHS * iterations_per_epoch(CPU_TRAIN, 128)),)),
-                      prune=PruneConfig(fraction=0.2), rewind_iteration=CPU_LATE_REWIND, levels=9, recipe="cpu"),
+                      prune=PruneConfig(fraction=0.2), rewind_iteration=CPU_LATE_REWIND, levels=15, recipe="cpu"),
             needs_files=True, default_rewinds=(0, CPU_LATE_REWIND)),
         Recipe(
             "cifar10_resnet20", "(OpenLTH)",

@@ -150,7 +150,7 @@ def test_a_claim_selection_keeps_the_premise_check_that_gates_it():
 
 
 def test_flatness_levels_are_not_measured_where_the_design_cannot_decide_them(tmp_path: Path):
-    """The cpu scale branches at one level: 3a-3c (which compare levels) plan nothing and say why, without
+    """The cpu scale branches at two levels: 3a-3c (which compare levels) plan nothing and say why, without
     training; 3d and the other claims keep their jobs. Smoke (4 branch levels) keeps 3a-3c's jobs."""
     from lth_checks.claim import get_claim
 
@@ -160,5 +160,5 @@ def test_flatness_levels_are_not_measured_where_the_design_cannot_decide_them(tm
     smoke = P.claims_plan(ClaimContext(scale="smoke", device="cpu", cache_dir=str(tmp_path / "smoke")))
     assert [j for j in smoke.jobs.values() if "3" in j.claims and j.what == "oneshot"]
     out = get_claim("3a").run(ClaimContext(scale="cpu", device="cpu", cache_dir=str(tmp_path / "cpu")), "cpu")
-    assert out["verdict"] == "INCONCLUSIVE" and out["summary"].startswith("by design: this run branches at 1 level")
+    assert out["verdict"] == "INCONCLUSIVE" and out["summary"].startswith("by design: this run branches at 2 level(s) [0, 9]")
     assert not (tmp_path / "cpu" / "imp").exists() or not any((tmp_path / "cpu" / "imp").rglob("*.safetensors"))

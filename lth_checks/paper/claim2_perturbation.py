@@ -104,9 +104,9 @@ def rule(cases: Sequence[PerturbationCase], sgd_noise: Sequence[Interval], tau_p
 def branch_specs(ctx: ClaimContext, exp: Experiment) -> list[BranchSpec]:
     """The SGD-noise twins and perturbations claim 2 trains from one lineage (also read by `plan`)."""
     s = ctx.settings
+    sizes = T.PERTURBATION_SIZES.value if ctx.perturbs(exp.config.recipe, exp.config.rewind_iteration) else ()
     return [spec for level in ctx.branch_levels() for spec in
-            [suite.sgd_noise_spec(exp, level, s)]
-            + [suite.perturb_spec(level, c, s) for c in T.PERTURBATION_SIZES.value]]
+            [suite.sgd_noise_spec(exp, level, s)] + [suite.perturb_spec(level, c, s) for c in sizes]]
 
 
 def measure(ctx: ClaimContext, recipe: str) -> tuple[dict, list[Experiment]]:
@@ -126,7 +126,7 @@ def measure(ctx: ClaimContext, recipe: str) -> tuple[dict, list[Experiment]]:
         levels = []
         for level in ctx.branch_levels():
             perturb = {}
-            for c in T.PERTURBATION_SIZES.value:
+            for c in T.PERTURBATION_SIZES.value if ctx.perturbs(recipe, rewind) else ():
                 specs = [suite.perturb_spec(level, c, s) for _ in exps]
                 perturb[f"{c:g}"] = {"path": E.stack([suite.branch_path_correct(e, sp, s)["test"]
                                                      for e, sp in zip(exps, specs)]),
@@ -287,8 +287,12 @@ class Perturbation(Claim):
     tabulated = frozenset({"rows", "late_rewind"})
 
     def choices(self, ctx: ClaimContext) -> list[str]:
-        return ["perturbation: Gaussian on the alive coordinates of m_L, norm c * r_L, an independent direction "
-                "for every (c, replicate, level) (ours)"]
+        out = ["perturbation: Gaussian on the alive coordinates of m_L, norm c * r_L, an independent direction "
+               "for every (c, replicate, level) (ours)"]
+        if not ctx.plan.perturb_early_rewinds:
+            out.append("perturbed: only the late rewind, which the rule reads; earlier rewinds get their SGD-noise "
+                       "control only (ours: the cpu scale spends the time on a second branch level)")
+        return out
 
     def plan(self, b, recipe: str) -> None:
         """SGD-noise twins and perturbations at the branch levels of every rewind, read as per-example
