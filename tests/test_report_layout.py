@@ -128,3 +128,20 @@ def test_claims_2_and_4_say_their_numbers_in_plain_words():
     four = get_claim("4").headline(by_claim["4"])
     assert "error rises +8.0 pp [+2.9, +13.6] beyond IMP's, as predicted" in four
     assert "does not grow measurably faster than along IMP (log slope +0.094 [-0.102, +0.290] per cut)" in four
+
+
+def test_claim_1_says_its_two_by_two_table_in_plain_words_once_both_classes_are_there():
+    table = {"matching_connected": 17, "matching_barrier": 0, "non_matching_connected": 4, "non_matching_barrier": 0}
+    o = {"verdict": "INCONCLUSIVE", "summary": "matching agrees ...; neither established",
+         "effect": {"tau_pp": 2.0, "table": table, "agreement": 17 / 21, "agreement_below_rate_p": 0.152,
+                    "fisher_p_one_sided": 1.0, "matching_pairs": 17, "non_matching_pairs": 4}}
+    one = get_claim("1").headline(o)
+    assert one.endswith("not decided — 0 of 4 determined non-matching pairs show a barrier above 2 pp and 17 of 17 "
+                        "matching pairs are connected (agreement 81%, not significantly below 90%: p = 0.15)")
+    table.update(matching_barrier=0, non_matching_connected=0, non_matching_barrier=4)
+    o.update(verdict="PASS", effect={**o["effect"], "agreement": 1.0, "fisher_p_one_sided": 1e-4})
+    assert ": holds — 4 of 4 determined non-matching pairs show a barrier" in get_claim("1").headline(o)
+    # short of a class: the counts say what is missing, as before
+    o = {"verdict": "INCONCLUSIVE", "summary": "12/12 pairs determined (12 matching, 0 non-matching; 3 of each needed)",
+         "effect": {"matching_pairs": 12, "non_matching_pairs": 0}}
+    assert get_claim("1").headline(o).endswith("too few determined level pairs: 0 non-matching pairs (3 needed)")

@@ -27,7 +27,7 @@ from ..plotting import COLORS, by, density_axis, errorbar, new_figure
 from ..report import tables as RT
 from ..report.tables import Column, Table, fmt, fmt_ci, fmt_pct
 from ..stats import Interval
-from ..verdicts import INCONCLUSIVE, Verdict, _power, replicates_note
+from ..verdicts import FAIL, INCONCLUSIVE, PASS, Verdict, _power, replicates_note
 from . import _reference as REF
 
 FAIL, PASS = V.FAIL, V.PASS
@@ -363,6 +363,23 @@ class Connectivity(Claim):
         (the 'only if' half cannot be tested without non-matching pairs)."""
         text = super().headline(outcome)
         e = outcome.get("effect") or {}
+        table = e.get("table")
+        if isinstance(table, dict) and "agreement_below_rate_p" in e:  # both classes were large enough to test
+            verdict, tau = outcome.get("verdict"), e.get("tau_pp", 2)
+            mc, mb = int(table.get("matching_connected", 0)), int(table.get("matching_barrier", 0))
+            nc, nb = int(table.get("non_matching_connected", 0)), int(table.get("non_matching_barrier", 0))
+            found = (f"{nb} of {nb + nc} determined non-matching pairs show a barrier above {tau:g} pp and "
+                     f"{mc} of {mc + mb} matching pairs are connected (agreement {e.get('agreement', 0):.0%}")
+            head = self.statement[:1].upper() + self.statement[1:]
+            if verdict == PASS:
+                return f"{head}: holds — {found})"
+            if verdict == FAIL:
+                return f"{head}: contradicted — {found}, significantly below {T.AGREEMENT_RATE.value:.0%})"
+            rate, fisher = float(T.AGREEMENT_RATE.value), e.get("fisher_p_one_sided", float("nan"))
+            if e.get("agreement", 0) >= rate:
+                return f"{head}: not decided — {found}, but no significant association: Fisher p = {fisher:.2f})"
+            return (f"{head}: not decided — {found}, not significantly below {rate:.0%}: "
+                    f"p = {e['agreement_below_rate_p']:.2f})")
         need = RT.threshold({}, outcome, "MIN_DETERMINED_PER_CLASS", float(T.MIN_DETERMINED_PER_CLASS.value))
         n_match, n_non = RT.num(e.get("matching_pairs")), RT.num(e.get("non_matching_pairs"))
         if (outcome.get("verdict") != INCONCLUSIVE or n_match is None or n_non is None or need is None
