@@ -639,7 +639,7 @@ MIN_BRANCH_LEVELS = {"a": 3, "b": int(T.P_STAR_MIN_LEVELS.value), "c": 5}
 def too_few_branch_levels(ctx: ClaimContext) -> str | None:
     """Why 3a-3c cannot be decided by this run's design (fewer branch levels than any of them needs), or
     None. Then none of them is measured: a run that cannot decide them spends nothing on their one-shot
-    grid and Hessians (at the cpu scale, with one branch level, about a fifth of its time)."""
+    grid and Hessians (at the cpu scale, with two branch levels, about a fifth of its time)."""
     levels = ctx.branch_levels()
     fewest = min(MIN_BRANCH_LEVELS.values())
     if len(levels) >= fewest:
