@@ -248,6 +248,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from . import plan as P
     from .evidence import ClaimContext
 
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give the number of processes sharing the run, 1 or more")
     ctx = ClaimContext(scale=args.scale, recipes=tuple(args.recipe), rewinds=tuple(args.rewind),
                        replicates=args.replicates, levels=args.levels, overrides=tuple(args.set), device="cpu",
                        cache_dir=args.cache_dir, data_root=args.data_root)
@@ -261,7 +263,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         from pathlib import Path
 
-        Path(args.json).write_text(json.dumps(P.plan_json(plan, tp), indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(P.plan_json(plan, tp, workers=args.workers), indent=1) + "\n")
         _log(f"plan written to {args.json}")
     return 0
 

@@ -49,11 +49,11 @@ class ScalePlan:
     # The paper's premise this scale meets (text; the "cpu" scale states and checks instability at
     # initialisation here). Empty: the scale does not meet it, and `regime` says what it tests instead.
     premise: str = ""
-    premise_replicates: int = 0
+    premise_replicates: int = 0  # replicates of the premise check when more than `replicates` (0: the same)
     # False: claim 2 perturbs only the late rewind, the one its rule reads; earlier rewinds keep their
     # SGD-noise twins, the control in which CLAIMS.md expects barriers at k = 0 (ours, to afford a
     # second branch level on 2 CPU cores).
-    perturb_early_rewinds: bool = True  # replicates of the premise check when more than `replicates` (0: the same)
+    perturb_early_rewinds: bool = True
     regime: str = ""  # one line shown above the verdicts in the report and the terminal summary
 
     def regime_line(self) -> str:

@@ -471,16 +471,15 @@ def find_bench(folder: str | Path = "reports/bench", device_type: str = "cuda") 
 
 def throughput_for(device_type: str = "cuda", bench: str | Path | None = None,
                    folder: str | Path = "reports/bench", models: Iterable[tuple] = ()) -> Throughput:
-    """An explicit bench JSON, else the newest full one for the device type, else a stated figure:
-    on a CPU whose plan trains only the cpu recipe's model, `MEASURED_CPU_RESNET8`; else `ASSUMED_H100`."""
+    """An explicit bench JSON; else, on a CPU whose plan trains only the cpu recipe's model,
+    `MEASURED_CPU_RESNET8` (a bench JSON times ResNet-20, a model this plan does not train); else the
+    newest full bench JSON for the device type; else `ASSUMED_H100`."""
     if bench:
         return throughput_from_bench(bench)
-    found = find_bench(folder, device_type)
-    if found:
-        return throughput_from_bench(found)
     if device_type == "cpu" and models and set(models) <= {MEASURED_CPU_RESNET8.model}:
         return MEASURED_CPU_RESNET8
-    return ASSUMED_H100
+    found = find_bench(folder, device_type)
+    return throughput_from_bench(found) if found else ASSUMED_H100
 
 
 def job_seconds(plan: Plan, tp: Throughput, *, only_todo: bool = True, grouped: bool = True) -> dict[str, float]:
@@ -541,15 +540,19 @@ def totals(plan: Plan, tp: Throughput) -> Totals:
 
 
 def _epoch_iterations(ctx: ClaimContext) -> int | None:
+    """Iterations per epoch of the run's first recipe (its training subset where it has one)."""
     from .recipes import CIFAR_TRAIN, get_recipe, iterations_per_epoch
 
     cfg = get_recipe(ctx.recipe_names()[0]).config
-    return iterations_per_epoch(CIFAR_TRAIN, cfg.train.batch_size) if cfg.data.dataset.startswith("cifar") else None
+    if not cfg.data.dataset.startswith("cifar"):
+        return None
+    return iterations_per_epoch(getattr(cfg.data, "train_examples", 0) or CIFAR_TRAIN, cfg.train.batch_size)
 
 
 def format_totals(plan: Plan, tp: Throughput, ipe: int | None = None, workers: int = 1) -> str:
     """The table `lth-checks plan` and the pytest run print; `workers` processes share the work
-    (pytest-xdist's `-n`), so the wall time is the work divided by them."""
+    (pytest-xdist's `-n`), so the wall time is the work divided by them (a lower bound where one
+    lineage's levels, which run in order, take longer than that share)."""
     t = totals(plan, tp)
     lines = [f"plan for {plan.description}",
              f"{'':<36}{'count':>7}{'cached':>8}{'iterations':>12}{'epochs' if ipe else '':>8}{'eval images':>14}"
@@ -593,11 +596,11 @@ def format_jobs(plan: Plan, tp: Throughput) -> str:
     return "\n".join(lines)
 
 
-def plan_json(plan: Plan, tp: Throughput) -> dict:
+def plan_json(plan: Plan, tp: Throughput, workers: int = 1) -> dict:
     t = totals(plan, tp)
     return {"scale": plan.scale, "description": plan.description, "throughput": asdict(tp),
-            "totals": t.rows, "seconds_cold": t.seconds_cold, "seconds_todo": t.seconds_todo,
-            "startup_s": t.startup_s, "estimate_cold_s": t.seconds_cold + t.startup_s,
+            "totals": t.rows, "seconds_cold": t.seconds_cold, "seconds_todo": t.seconds_todo, "workers": workers,
+            "startup_s": t.startup_s, "estimate_cold_s": t.seconds_cold / workers + t.startup_s,
             "jobs": [j.to_dict() for j in plan.jobs.values()]}
 
 

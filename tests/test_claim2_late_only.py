@@ -54,4 +54,8 @@ def test_rule_and_figure_on_evidence_without_early_perturbations():
     early = [r for r in measured["rows"] if r["rewind"] != ev["late_rewind"]]
     assert early and {r["kind"] for r in early} == {"sgd_noise", "real_pair"}
     outcome = {"recipe": "smoke", "measured": measured, "effect": verdict.effect}
-    assert C2.fig_barrier_vs_c({}, outcome) is not None
+    fig = C2.fig_barrier_vs_c({}, outcome)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any("(late)" in t for t in labels) and not any(t == "perturbed, rewind k = 0" for t in labels)
+    note = C2.tables({}, outcome, measured)[0].note
+    assert "k = 0: SGD noise only, not perturbed at this scale" in note

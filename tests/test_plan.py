@@ -138,6 +138,8 @@ def test_plan_command(tmp_path: Path):
     assert {j["what"] for j in doc["jobs"]} == {"pretrain", "level", "sgd_noise", "perturb", "path"}
     bad = run_cli("plan", "--scale", "small", "--set", "train.nope=1", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown setting" in bad.stderr
+    bad = run_cli("plan", "--scale", "small", "--workers", "0", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--workers 0" in bad.stderr
 
 
 def test_a_claim_selection_keeps_the_premise_check_that_gates_it():

@@ -27,7 +27,7 @@ from ..plotting import COLORS, by, density_axis, errorbar, new_figure
 from ..report import tables as RT
 from ..report.tables import Column, Table, fmt, fmt_ci, fmt_pct
 from ..stats import Interval
-from ..verdicts import FAIL, INCONCLUSIVE, PASS, Verdict, _power, replicates_note
+from ..verdicts import INCONCLUSIVE, Verdict, _power, replicates_note
 from . import _reference as REF
 
 FAIL, PASS = V.FAIL, V.PASS
@@ -364,7 +364,11 @@ class Connectivity(Claim):
         text = super().headline(outcome)
         e = outcome.get("effect") or {}
         table = e.get("table")
-        if isinstance(table, dict) and "agreement_below_rate_p" in e:  # both classes were large enough to test
+        summary = str(outcome.get("summary") or "")
+        # both classes were large enough for the rule to test, and nothing overrode it (a premise not met
+        # or a divergence keeps the effect but is the reason, said by the default sentence)
+        if (isinstance(table, dict) and "agreement_below_rate_p" in e
+                and not summary.startswith(("premise", "diverged", "underpowered", "a training run"))):
             verdict, tau = outcome.get("verdict"), e.get("tau_pp", 2)
             mc, mb = int(table.get("matching_connected", 0)), int(table.get("matching_barrier", 0))
             nc, nb = int(table.get("non_matching_connected", 0)), int(table.get("non_matching_barrier", 0))

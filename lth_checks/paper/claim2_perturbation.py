@@ -213,8 +213,12 @@ def tables(doc: dict, o: dict, m: dict) -> list[RT.Table]:
     lead = [f"Late rewind used for the verdict: k = {late}."] if late is not None else []
     contrast = m.get("early_vs_late")
     if isinstance(contrast, dict) and contrast:
+        unperturbed = sorted({r.get("rewind") for r in RT.rows(o)}
+                             - {r.get("rewind") for r in RT.rows(o) if r.get("kind") == "perturb"}, key=str)
+        only_noise = (f" (k = {', '.join(map(str, unperturbed))}: SGD noise only, not perturbed at this scale)"
+                      if unperturbed else "")
         lead.append("Early vs late rewind (SGD noise and c ≤ 1, at τ = 2 pp; CLAIMS.md expects barriers at "
-                         "k = 0 only): " + "; ".join(
+                    f"k = 0 only){only_noise}: " + "; ".join(
                              f"k = {c.get('rewind')}: {c.get('established_barriers')} established barriers, "
                              f"{c.get('established_connected')} established connected, {c.get('undetermined')} "
                              "undetermined" for c in contrast.values() if isinstance(c, dict)) + ".")
@@ -236,7 +240,7 @@ def fig_barrier_vs_c(doc: dict, o: dict):
     if not levels:
         return None
     density = {r["level"]: RT.num(r.get("density")) for r in rows if isinstance(r.get("level"), int)}
-    fig = new_figure(8.0, 5.0)
+    fig = new_figure(8.0, 5.8)
     ax = fig.add_subplot()
     for i, level in enumerate(levels):
         color = COLORS[i % len(COLORS)]
@@ -258,14 +262,17 @@ def fig_barrier_vs_c(doc: dict, o: dict):
                       label=f"level {L}" + (f" ({fmt_pct(density.get(L))} alive)" if density.get(L) else ""))
                for i, L in enumerate(levels)]
     handles += [Line2D([], [], color="grey", ls=styles[late], label=f"perturbed, rewind k = {late} (late)")]
-    handles += [Line2D([], [], color="grey", ls=styles[k], label=f"perturbed, rewind k = {k}") for k in others]
+    perturbed = {r.get("rewind") for r in rows if r.get("kind") == "perturb"}
+    handles += [Line2D([], [], color="grey", ls=styles[k], label=f"perturbed, rewind k = {k}") for k in others
+                if k in perturbed]
     handles += [Line2D([], [], color="grey", marker="s", ls="", label="control: SGD noise only (c = 0)"),
                 Line2D([], [], color="grey", marker="*", ms=10, ls="", label="control: real pair L → L+1 (c = 1)"),
                 Line2D([], [], color="black", ls="--", label=f"τ = {tau:g} pp")]
     if others:
         handles.append(Line2D([], [], color="grey", marker="s", mfc="white", ls="",
-                              label="open markers: other rewinds"))
-    ax.legend(handles=handles, fontsize=7.5, loc="upper left", ncol=2)
+                              label="open markers: rewind k = " + ", ".join(map(str, others))))
+    # below the axes: inside, it hid the k = 0 SGD-noise control, the highest point at c = 0
+    ax.legend(handles=handles, fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
     ax.set_xlabel("perturbation size c (units of r_L = ‖(m_L − m_{L+1}) ⊙ w_k‖)")
     ax.set_ylabel("error barrier to the unperturbed w_L (pp)")
     ax.set_title(f"Claim 2 ({o.get('recipe')}): barrier vs perturbation size")
