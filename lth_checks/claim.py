@@ -103,6 +103,10 @@ class Claim:
         ("<statement>: holds / contradicted / not decided — <why>"). Default: the why from the summary."""
         return headline(self.statement or self.title, outcome)
 
+    def said(self, outcome: dict, why: str) -> str:
+        """The headline with a why of the claim's own (its numbers in plain words) in place of the summary's."""
+        return headline(self.statement or self.title, outcome, why)
+
     def tables(self, doc: dict, outcome: dict, measured: dict) -> list:
         """The measured values as `lth_checks.report.tables.Table`s; default: generic tables."""
         from .report.tables import measured_generic
@@ -185,10 +189,11 @@ def reason(summary: str, verdict: str) -> str:
     return "; ".join([first, *extra[:1]])
 
 
-def headline(statement: str, outcome: dict) -> str:
+def headline(statement: str, outcome: dict, why: str | None = None) -> str:
     verdict = str(outcome.get("verdict", ""))
     words = VERDICT_WORDS.get(verdict, f"verdict {verdict or 'missing'}")
-    why = reason(str(outcome.get("summary") or ""), verdict)
+    if why is None:
+        why = reason(str(outcome.get("summary") or ""), verdict)
     text = statement[:1].upper() + statement[1:]
     return f"{text}: {words}" + (f" — {why}" if why else "")
 

@@ -514,6 +514,10 @@ class Totals:
     seconds_cold: float
     startup_s: float
 
+    def wall_s(self, workers: int = 1, *, todo: bool = False) -> float:
+        """Wall-clock seconds with `workers` processes sharing the work, start-up included."""
+        return (self.seconds_todo if todo else self.seconds_cold) / workers + self.startup_s
+
 
 ROWS = (("IMP pretraining to k", ("pretrain",), False), ("IMP levels", ("level",), False),
         ("SGD-noise twins", ("sgd_noise",), False), ("perturbations", ("perturb",), False),
@@ -566,10 +570,10 @@ def format_totals(plan: Plan, tp: Throughput, ipe: int | None = None, workers: i
     lines.append(f"{'total':<36}{n:>7}{sum(r['cached'] for r in t.rows):>8}{it:>12,}"
                  + (f"{it / ipe:>8.0f}" if ipe else f"{'':>8}")
                  + f"{sum(r['images'] for r in t.rows):>14,}{sum(r['hvps'] for r in t.rows):>8,}{t.seconds_cold:>9.0f}")
-    on = f" on {workers} workers" if workers > 1 else ""
-    lines.append(f"estimated device time{on} from a cold cache: {_minutes(t.seconds_cold / workers + t.startup_s)} "
-                 f"({t.seconds_cold:.0f} s of work{' shared by them' if on else ''} + {t.startup_s:.0f} s start-up, data loading and report); "
-                 f"still to do with this cache: {_minutes(t.seconds_todo / workers + t.startup_s)}")
+    on, shared = (f" on {workers} workers", " shared by them") if workers > 1 else ("", "")
+    lines.append(f"estimated device time{on} from a cold cache: {_minutes(t.wall_s(workers))} "
+                 f"({t.seconds_cold:.0f} s of work{shared} + {t.startup_s:.0f} s start-up, data loading and report); "
+                 f"still to do with this cache: {_minutes(t.wall_s(workers, todo=True))}")
     lines.append(f"throughput: {tp.source}")
     if plan.models - {tp.model}:
         name, depth, width = tp.model
@@ -600,7 +604,7 @@ def plan_json(plan: Plan, tp: Throughput, workers: int = 1) -> dict:
     t = totals(plan, tp)
     return {"scale": plan.scale, "description": plan.description, "throughput": asdict(tp),
             "totals": t.rows, "seconds_cold": t.seconds_cold, "seconds_todo": t.seconds_todo, "workers": workers,
-            "startup_s": t.startup_s, "estimate_cold_s": t.seconds_cold / workers + t.startup_s,
+            "startup_s": t.startup_s, "estimate_cold_s": t.wall_s(workers),
             "jobs": [j.to_dict() for j in plan.jobs.values()]}
 
 

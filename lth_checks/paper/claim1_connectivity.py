@@ -374,16 +374,16 @@ class Connectivity(Claim):
             nc, nb = int(table.get("non_matching_connected", 0)), int(table.get("non_matching_barrier", 0))
             found = (f"{nb} of {nb + nc} determined non-matching pairs show a barrier above {tau:g} pp and "
                      f"{mc} of {mc + mb} matching pairs are connected (agreement {e.get('agreement', 0):.0%}")
-            head = self.statement[:1].upper() + self.statement[1:]
-            if verdict == PASS:
-                return f"{head}: holds — {found})"
-            if verdict == FAIL:
-                return f"{head}: contradicted — {found}, significantly below {T.AGREEMENT_RATE.value:.0%})"
             rate, fisher = float(T.AGREEMENT_RATE.value), e.get("fisher_p_one_sided", float("nan"))
-            if e.get("agreement", 0) >= rate:
-                return f"{head}: not decided — {found}, but no significant association: Fisher p = {fisher:.2f})"
-            return (f"{head}: not decided — {found}, not significantly below {rate:.0%}: "
-                    f"p = {e['agreement_below_rate_p']:.2f})")
+            if verdict == PASS:
+                why = f"{found})"
+            elif verdict == FAIL:
+                why = f"{found}, significantly below {rate:.0%})"
+            elif e.get("agreement", 0) >= rate:
+                why = f"{found}, but no significant association: Fisher p = {fisher:.2f})"
+            else:
+                why = f"{found}, not significantly below {rate:.0%}: p = {e['agreement_below_rate_p']:.2f})"
+            return self.said(outcome, why)
         need = RT.threshold({}, outcome, "MIN_DETERMINED_PER_CLASS", float(T.MIN_DETERMINED_PER_CLASS.value))
         n_match, n_non = RT.num(e.get("matching_pairs")), RT.num(e.get("non_matching_pairs"))
         if (outcome.get("verdict") != INCONCLUSIVE or n_match is None or n_non is None or need is None

@@ -101,10 +101,15 @@ def rule(cases: Sequence[PerturbationCase], sgd_noise: Sequence[Interval], tau_p
 
 # ------------------------------------------------------------------------------------ the evidence
 
+def perturbation_sizes(ctx: ClaimContext, recipe: str, rewind: int) -> tuple[float, ...]:
+    """The c values claim 2 perturbs this rewind's lineages with (none where the scale perturbs only the late one)."""
+    return tuple(T.PERTURBATION_SIZES.value) if ctx.perturbs(recipe, rewind) else ()
+
+
 def branch_specs(ctx: ClaimContext, exp: Experiment) -> list[BranchSpec]:
     """The SGD-noise twins and perturbations claim 2 trains from one lineage (also read by `plan`)."""
     s = ctx.settings
-    sizes = T.PERTURBATION_SIZES.value if ctx.perturbs(exp.config.recipe, exp.config.rewind_iteration) else ()
+    sizes = perturbation_sizes(ctx, exp.config.recipe, exp.config.rewind_iteration)
     return [spec for level in ctx.branch_levels() for spec in
             [suite.sgd_noise_spec(exp, level, s)] + [suite.perturb_spec(level, c, s) for c in sizes]]
 
@@ -126,7 +131,7 @@ def measure(ctx: ClaimContext, recipe: str) -> tuple[dict, list[Experiment]]:
         levels = []
         for level in ctx.branch_levels():
             perturb = {}
-            for c in T.PERTURBATION_SIZES.value if ctx.perturbs(recipe, rewind) else ():
+            for c in perturbation_sizes(ctx, recipe, rewind):
                 specs = [suite.perturb_spec(level, c, s) for _ in exps]
                 perturb[f"{c:g}"] = {"path": E.stack([suite.branch_path_correct(e, sp, s)["test"]
                                                      for e, sp in zip(exps, specs)]),
@@ -337,13 +342,12 @@ class Perturbation(Claim):
         c_max, tau, need = float(T.ROBUST_UP_TO_C.value), e.get("tau_pp", 2), int(T.MIN_DETERMINED_PER_CLASS.value)
         found = (f"{kept:g} of {det:g} determined perturbations up to c = {c_max:g} leave a barrier below "
                  f"{tau:g} pp")
-        text = self.statement[:1].upper() + self.statement[1:]
         if verdict == PASS:
-            return f"{text}: holds — {found}"
+            return self.said(outcome, found)
         if verdict == FAIL:
-            return f"{text}: contradicted — {found}, significantly fewer than the claim needs"
+            return self.said(outcome, f"{found}, significantly fewer than the claim needs")
         short = f"; {need} determined cases needed" if det < need else ""
-        return f"{text}: not decided — {found}{short}"
+        return self.said(outcome, found + short)
 
     def synthetic(self) -> dict:
         return {"2": synthetic}

@@ -297,11 +297,11 @@ class SmallWeights(Claim):
         excess, slope = e.get("excess_pp") or {}, e.get("slope_difference") or {}
         if not str(outcome.get("summary") or "").startswith("error as predicted") or "mean" not in excess:
             return super().headline(outcome)
-        text = self.statement[:1].upper() + self.statement[1:]
-        return (f"{text}: not decided — without retraining the error rises {excess['mean']:+.1f} pp "
-                f"[{excess['lo']:+.1f}, {excess['hi']:+.1f}] beyond IMP's, as predicted, but the projection length "
-                f"does not grow measurably faster than along IMP (log slope {slope.get('mean', float('nan')):+.3f} "
-                f"[{slope.get('lo', float('nan')):+.3f}, {slope.get('hi', float('nan')):+.3f}] per cut)")
+        return self.said(outcome, (
+            f"without retraining the error rises {excess['mean']:+.1f} pp "
+            f"[{excess['lo']:+.1f}, {excess['hi']:+.1f}] beyond IMP's, as predicted, but the projection length "
+            f"does not grow measurably faster than along IMP (log slope {slope.get('mean', float('nan')):+.3f} "
+            f"[{slope.get('lo', float('nan')):+.3f}, {slope.get('hi', float('nan')):+.3f}] per cut)"))
 
     def plan(self, b, recipe: str) -> None:
         """Weight statistics of levels 0..last-2, the no-retraining chain from level 1, and the correctness
